@@ -1,0 +1,93 @@
+"""The app's side of the database: engines, session helpers, and error translation.
+
+`db_session()` and `db_readonly_session()` are the names the application already
+uses; they live here beside `make_engine`, which every jsonsnap entry point uses
+so that a bad URL or an unreachable server always reads the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.config import Settings, mask_url, parse_url, scrub
+from backend.errors import BadInput, DatabaseFailure
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; a bad URL or a missing driver is a one-line BadInput."""
+    parsed = parse_url(url)
+    try:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise BadInput(f"cannot use database URL {mask_url(parsed)}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        _prepare_sqlite(engine)
+    return engine
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.close()
+
+
+@contextmanager
+def translate_db_errors(engine: Engine) -> Iterator[None]:
+    """Turn driver exceptions into a one-line DatabaseFailure with no password in it."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise DatabaseFailure(_db_message(exc, engine)) from None
+    except SQLAlchemyError as exc:
+        raise DatabaseFailure(scrub(_first_line(str(exc)), engine.url)) from None
+
+
+def _db_message(exc: DBAPIError, engine: Engine) -> str:
+    reason = _first_line(str(exc.orig)) if exc.orig is not None else _first_line(str(exc))
+    where = mask_url(engine.url)
+    return scrub(f"database error ({where}): {reason}", engine.url)
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+_sessions: dict[str, sessionmaker[Session]] = {}
+
+
+def _sessionmaker(url: str | None) -> sessionmaker[Session]:
+    resolved = url or Settings.resolve().database_url
+    if resolved not in _sessions:
+        _sessions[resolved] = sessionmaker(make_engine(resolved), expire_on_commit=False)
+    return _sessions[resolved]
+
+
+@contextmanager
+def db_session(url: str | None = None) -> Iterator[Session]:
+    """A read-write session: committed on success, rolled back on any exception."""
+    with _sessionmaker(url)() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def db_readonly_session(url: str | None = None) -> Iterator[Session]:
+    """A session whose work is always rolled back, so a reader can never write."""
+    with _sessionmaker(url)() as session:
+        try:
+            yield session
+        finally:
+            session.rollback()

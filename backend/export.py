@@ -1,0 +1,482 @@
+"""The daily job: reflect, read in one transaction, encode, and commit if changed.
+
+Nothing is written to the work tree while the database is being read. Data
+files are staged inside .git, compared with HEAD by checksum, and only the
+changed ones are stored; `SnapshotRepo.commit` then moves HEAD in one step. So
+a failure at any point before that step leaves the repository exactly as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import heapq
+import importlib.resources
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SAWarning
+from sqlalchemy.sql import column as sql_column
+from sqlalchemy.sql import table as sql_table
+
+from backend import codec, layout
+from backend.config import author_identity, format_timestamp, parse_timestamp
+from backend.db import translate_db_errors
+from backend.dialects import Dialect, for_engine
+from backend.diff import TableChange, compare_tables
+from backend.errors import BadInput
+from backend.layout import DataFile, Manifest, TableEntry
+from backend.repo import SnapshotRepo
+
+#: Progress callback: (table, rows done, rows in the table).
+Progress = Callable[[str, int, int], None]
+
+_BATCH = 2000
+_SORT_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class ExportResult:
+    """What one export did: the new commit (None when nothing changed) and per-table changes."""
+
+    commit: str | None
+    timestamp: str
+    summary: dict[str, TableChange]
+    rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.commit is not None
+
+
+@dataclass
+class _TablePlan:
+    """One table as reflected: what to select, how to encode it, how to order it."""
+
+    name: str
+    entry: TableEntry
+    names: list[str]
+    encoders: list[codec.Encoder | None]
+    statement: Any
+
+
+def export_snapshot(
+    engine: Engine,
+    repo_path: str | os.PathLike[str],
+    *,
+    schema: str | None = None,
+    tables: Sequence[str] = (),
+    exclude_tables: Sequence[str] = (),
+    exclude_columns: Sequence[str] = (),
+    timestamp: str | dt.datetime | None = None,
+    lock_timeout: float = 600,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export every table (or the chosen ones) into the snapshot repository.
+
+    Commits only when the snapshot differs from HEAD, dated `timestamp` (default
+    now), with a message that summarises the rows added, deleted and changed.
+    Holds the repository lock for the whole run; raises `LockTimeout` if another
+    run keeps it longer than `lock_timeout` seconds.
+    """
+    when = parse_timestamp(timestamp)
+    dialect = for_engine(engine)
+    author = author_identity()
+    repo = SnapshotRepo.open(Path(repo_path), create=True)
+    with repo.lock(lock_timeout):
+        repo.recover()
+        head = repo.head()
+        if head is not None and when < repo.commit_time(head):
+            raise BadInput(
+                f"snapshot time {format_timestamp(when)} is before the last snapshot "
+                f"({format_timestamp(repo.commit_time(head))}); snapshots must stay in time order"
+            )
+        previous = repo.manifest_at(head) if head else None
+        with repo.staging() as stage:
+            with translate_db_errors(engine):
+                manifest, staged = _read_database(
+                    engine,
+                    dialect,
+                    stage,
+                    schema,
+                    tables,
+                    exclude_tables,
+                    exclude_columns,
+                    progress,
+                )
+            return _commit(repo, manifest, staged, previous, when, author)
+
+
+def _read_database(
+    engine: Engine,
+    dialect: Dialect,
+    stage: Path,
+    schema: str | None,
+    only: Sequence[str],
+    exclude_tables: Sequence[str],
+    exclude_columns: Sequence[str],
+    progress: Progress | None,
+) -> tuple[Manifest, dict[str, Path]]:
+    staged: dict[str, Path] = {}
+    with dialect.read_transaction(engine) as conn:
+        schema_name = schema or dialect.default_schema(conn)
+        plans = _plan(conn, dialect, schema, only, exclude_tables, exclude_columns)
+        for plan in plans:
+            total = _count(conn, plan) if progress else 0
+            writer = _TableWriter(stage, layout.table_stem(plan.name))
+            rows = _encoded_rows(conn, plan, progress, total)
+            if not plan.entry.primary_key:
+                rows = _external_sort(rows, stage)
+            for key, row in rows:
+                writer.add(key, row)
+            plan.entry.files, plan.entry.sharded = writer.finish(staged)
+    manifest = Manifest(dialect.name, schema_name, {p.name: p.entry for p in plans})
+    return manifest, staged
+
+
+def _plan(
+    conn: Connection,
+    dialect: Dialect,
+    schema: str | None,
+    only: Sequence[str],
+    exclude_tables: Sequence[str],
+    exclude_columns: Sequence[str],
+) -> list[_TablePlan]:
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names(schema=schema))
+    where = f" in schema {schema!r}" if schema else ""
+    for name in [*only, *exclude_tables]:
+        if name not in existing:
+            raise BadInput(f"unknown table {name!r}{where}")
+    chosen = sorted((set(only) or existing) - set(exclude_tables))
+    excluded = _excluded_columns(exclude_columns, conn, inspector, schema, existing)
+    with warnings.catch_warnings():
+        # SQLite columns of undeclared types reflect as NullType: read as stored.
+        warnings.filterwarnings("ignore", "Did not recognize type", SAWarning)
+        columns = inspector.get_multi_columns(schema=schema, filter_names=chosen)
+    pks = inspector.get_multi_pk_constraint(schema=schema, filter_names=chosen)
+    fks = inspector.get_multi_foreign_keys(schema=schema, filter_names=chosen)
+    return [
+        _plan_table(
+            conn,
+            dialect,
+            schema,
+            name,
+            columns[(schema, name)],
+            pks[(schema, name)],
+            fks[(schema, name)],
+            excluded.get(name, []),
+        )
+        for name in chosen
+    ]
+
+
+def _excluded_columns(
+    specs: Sequence[str], conn: Connection, inspector: Any, schema: str | None, existing: set[str]
+) -> dict[str, list[str]]:
+    excluded: dict[str, list[str]] = {}
+    for spec in specs:
+        for cut in [i for i, ch in enumerate(spec) if ch == "."]:
+            table, col = spec[:cut], spec[cut + 1 :]
+            if table in existing and col in {
+                c["name"] for c in inspector.get_columns(table, schema)
+            }:
+                excluded.setdefault(table, []).append(col)
+                break
+        else:
+            raise BadInput(f"--exclude-column {spec!r} names no TABLE.COLUMN of this database")
+    return excluded
+
+
+def _plan_table(
+    conn: Connection,
+    dialect: Dialect,
+    schema: str | None,
+    name: str,
+    columns: list[dict[str, Any]],
+    pk: dict[str, Any],
+    fks: list[dict[str, Any]],
+    excluded: list[str],
+) -> _TablePlan:
+    key = list(pk.get("constrained_columns") or [])
+    hidden = sorted(set(excluded) & set(key))
+    if hidden:
+        raise BadInput(f"cannot exclude primary key column {name}.{hidden[0]}")
+    declared = dialect.declared_types(conn, schema, name)
+    kept = [c for c in columns if c["name"] not in excluded]
+    kinds = {c["name"]: codec.kind_of(c["type"], dialect.unknown_kind) for c in kept}
+    entry = TableEntry(
+        name=name,
+        columns=[
+            {
+                "name": c["name"],
+                "type": declared.get(c["name"]) or _type_name(c["type"]),
+                "nullable": bool(c.get("nullable", True)),
+                "kind": kinds[c["name"]],
+            }
+            for c in kept
+        ],
+        primary_key=key,
+        foreign_keys=sorted(
+            (
+                {
+                    "columns": fk["constrained_columns"],
+                    "referred_schema": fk.get("referred_schema"),
+                    "referred_table": fk["referred_table"],
+                    "referred_columns": fk["referred_columns"],
+                }
+                for fk in fks
+            ),
+            key=orjson.dumps,
+        ),
+        excluded_columns=sorted(excluded),
+    )
+    tbl = sql_table(name, *[sql_column(c["name"], c["type"]) for c in kept], schema=schema)
+    statement = select(*[dialect.select_expr(tbl.c[c["name"]], kinds[c["name"]]) for c in kept])
+    if key:
+        statement = statement.order_by(*[dialect.order_expr(tbl.c[k], kinds[k]) for k in key])
+    return _TablePlan(
+        name=name,
+        entry=entry,
+        names=[c["name"] for c in kept],
+        encoders=[codec.encoder(kinds[c["name"]]) for c in kept],
+        statement=statement,
+    )
+
+
+def _type_name(sa_type: Any) -> str:
+    try:
+        return str(sa_type)
+    except Exception:  # noqa: BLE001 - NullType and friends cannot render themselves
+        return "NULL"
+
+
+def _count(conn: Connection, plan: _TablePlan) -> int:
+    subquery = plan.statement.order_by(None).subquery()
+    return int(conn.execute(select(text("count(*)")).select_from(subquery)).scalar_one())
+
+
+def _encoded_rows(
+    conn: Connection, plan: _TablePlan, progress: Progress | None, total: int
+) -> Iterator[tuple[bytes, bytes]]:
+    """(canonical key, pretty row bytes) for each row, streamed in batches."""
+    names, encoders = plan.names, plan.encoders
+    key_index = [names.index(k) for k in plan.entry.primary_key]
+    result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(plan.statement)
+    done = 0
+    for batch in result.partitions():
+        for raw in batch:
+            values = [v if enc is None else enc(v) for v, enc in zip(raw, encoders, strict=True)]
+            row = dict(zip(names, values, strict=True))
+            key = codec.canonical([values[i] for i in key_index] if key_index else row)
+            yield key, codec.pretty_row(row)
+        done += len(batch)
+        if progress:
+            progress(plan.name, done, max(total, done))
+    if progress and not done:
+        progress(plan.name, 0, 0)
+
+
+def _external_sort(
+    rows: Iterable[tuple[bytes, bytes]], stage: Path
+) -> Iterator[tuple[bytes, bytes]]:
+    """Sort a key-less table by its rows' canonical encoding in bounded memory.
+
+    Sorted runs of at most _SORT_CHUNK_BYTES are spilled to files in the staging
+    folder and merged, so a table of any size never has to fit in memory.
+    """
+    runs: list[IO[bytes]] = []
+    chunk: list[tuple[bytes, bytes]] = []
+    size = 0
+    try:
+        for key, row in rows:
+            chunk.append((key, row))
+            size += len(key) + len(row)
+            if size >= _SORT_CHUNK_BYTES:
+                runs.append(_spill(sorted(chunk), stage))
+                chunk, size = [], 0
+        chunk.sort()
+        if not runs:
+            yield from chunk
+            return
+        runs.append(_spill(chunk, stage))
+        yield from heapq.merge(*(_read_run(run) for run in runs))
+    finally:
+        for run in runs:
+            run.close()
+
+
+def _spill(chunk: list[tuple[bytes, bytes]], stage: Path) -> IO[bytes]:
+    run = tempfile.TemporaryFile(dir=stage)
+    for key, row in chunk:
+        run.write(len(key).to_bytes(4, "big") + key + len(row).to_bytes(4, "big") + row)
+    run.seek(0)
+    return run
+
+
+def _read_run(run: IO[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    while header := run.read(4):
+        key = run.read(int.from_bytes(header, "big"))
+        row = run.read(int.from_bytes(run.read(4), "big"))
+        yield key, row
+
+
+class _StagedFile:
+    """A data file being written to the staging folder, hashed as it grows."""
+
+    def __init__(self, stage: Path, path: str) -> None:
+        self.path = path
+        self.local = stage / path.replace("/", "%")
+        self.handle = self.local.open("wb")
+        self.handle.write(b"[\n")
+        self.sha = hashlib.sha256(b"[\n")
+        self.rows = 0
+
+    def add(self, row: bytes) -> None:
+        chunk = (b",\n" + row) if self.rows else row
+        self.handle.write(chunk)
+        self.sha.update(chunk)
+        self.rows += 1
+
+    def close(self) -> DataFile:
+        tail = b"\n]\n" if self.rows else b"]\n"
+        self.handle.write(tail)
+        self.sha.update(tail)
+        self.handle.close()
+        return DataFile(self.path, self.rows, self.sha.hexdigest())
+
+
+class _TableWriter:
+    """Writes one table as a single file, or as shards once it grows past the threshold.
+
+    Rows are held in memory only up to the threshold (SHARD_MIN_ROWS rows or
+    SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard file.
+    """
+
+    def __init__(self, stage: Path, stem: str) -> None:
+        self.stage = stage
+        self.stem = stem
+        self.buffer: list[tuple[bytes, bytes]] = []
+        self.buffered_bytes = 0
+        self.shards: list[_StagedFile] = []
+        self.done: list[DataFile] = []
+
+    def add(self, key: bytes, row: bytes) -> None:
+        if self.shards:
+            self._add_to_shard(key, row)
+            return
+        self.buffer.append((key, row))
+        self.buffered_bytes += len(row)
+        if len(self.buffer) > layout.SHARD_MIN_ROWS or self.buffered_bytes > layout.SHARD_MIN_BYTES:
+            self.shards.append(self._open(layout.shard_file(self.stem, layout.FIRST_SHARD)))
+            for k, r in self.buffer:
+                self._add_to_shard(k, r)
+            self.buffer = []
+
+    def _add_to_shard(self, key: bytes, row: bytes) -> None:
+        name = layout.cut_name(key)
+        current = self.shards[-1]
+        if name is not None:
+            if current.rows:
+                self.done.append(current.close())
+            else:  # the first row is itself a cut: the shard takes its name
+                current.handle.close()
+                current.local.unlink()
+                self.shards.pop()
+            current = self._open(layout.shard_file(self.stem, name))
+            self.shards.append(current)
+        current.add(row)
+
+    def _open(self, path: str) -> _StagedFile:
+        return _StagedFile(self.stage, path)
+
+    def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
+        """Close the files, record them in `staged` (repo path -> local file)."""
+        if self.shards:
+            self.done.append(self.shards[-1].close())
+            for shard in self.shards:
+                staged[shard.path] = shard.local
+            return self.done, True
+        single = self._open(layout.single_file(self.stem))
+        for _, row in self.buffer:
+            single.add(row)
+        staged[single.path] = single.local
+        return [single.close()], False
+
+
+def _commit(
+    repo: SnapshotRepo,
+    manifest: Manifest,
+    staged: dict[str, Path],
+    previous: tuple[Manifest, dict[str, str]] | None,
+    when: dt.datetime,
+    author: tuple[str, str],
+) -> ExportResult:
+    old_manifest, old_blobs = previous if previous else (None, {})
+    old_sums = {
+        f.path: f.sha256
+        for t in (old_manifest.tables.values() if old_manifest else [])
+        for f in t.files
+    }
+    new_files = {f.path: f for t in manifest.tables.values() for f in t.files}
+    changed = [p for p, f in new_files.items() if old_sums.get(p) != f.sha256 or p not in old_blobs]
+    blobs = {p: old_blobs[p] for p in new_files if p not in changed}
+    blobs.update(zip(changed, repo.store_files([staged[p] for p in changed]), strict=True))
+    extra = {layout.MANIFEST: manifest.to_bytes(), layout.README: _snapshot_readme()}
+    for path, data in extra.items():
+        local = repo.staging_dir / path
+        local.write_bytes(data)
+        (blobs[path],) = repo.store_files([local])
+    summary = _summarize(repo, old_manifest, old_blobs, manifest, staged)
+    stamp = format_timestamp(when)
+    commit = repo.commit(blobs, _message(stamp, summary), when, author)
+    return ExportResult(
+        commit=commit,
+        timestamp=stamp,
+        summary=summary if commit else {},
+        rows={name: t.rows for name, t in manifest.tables.items()},
+    )
+
+
+def _summarize(
+    repo: SnapshotRepo,
+    old: Manifest | None,
+    old_blobs: dict[str, str],
+    new: Manifest,
+    staged: dict[str, Path],
+) -> dict[str, TableChange]:
+    old_tables = old.tables if old else {}
+
+    def read_old(data_file: DataFile) -> bytes:
+        return repo.read_blob(old_blobs[data_file.path])
+
+    def read_new(data_file: DataFile) -> bytes:
+        return staged[data_file.path].read_bytes()
+
+    summary = {}
+    for name in sorted(set(old_tables) | set(new.tables)):
+        change = compare_tables(old_tables.get(name), new.tables.get(name), read_old, read_new)
+        if change:
+            summary[name] = change
+    return summary
+
+
+def _message(stamp: str, summary: dict[str, TableChange]) -> str:
+    tables = "; ".join(f"{name} {change.describe()}" for name, change in summary.items())
+    subject = f"snapshot {stamp}: {tables or 'no row changes'}"
+    trailer = orjson.dumps(
+        {name: change.as_dict() for name, change in summary.items()}, option=orjson.OPT_SORT_KEYS
+    ).decode()
+    return f"{subject}\n\njsonsnap-summary: {trailer}"
+
+
+def _snapshot_readme() -> bytes:
+    return importlib.resources.files("backend").joinpath("snapshot_readme.md").read_bytes()

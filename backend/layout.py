@@ -1,0 +1,181 @@
+"""The snapshot's shape on disk: file names, shard cuts and the manifest.
+
+Export writes this layout; restore, diff and the fallback loader read it. It is
+the contract documented in snapshots/README.md, so every rule here is one a
+reader of the repository can check by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from backend.errors import SnapshotCorrupt
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+README = "README.md"
+TABLES_DIR = "tables"
+
+#: A table with more rows than this, or more bytes than SHARD_MIN_BYTES, is split into shards.
+SHARD_MIN_ROWS = 10_000
+SHARD_MIN_BYTES = 16 * 1024 * 1024
+#: A row whose key hashes to 0 modulo this starts a new shard: shards average this many rows.
+SHARD_MEAN_ROWS = 4096
+FIRST_SHARD = "first"
+
+_PLAIN = re.compile(r"^[a-z0-9_]{1,100}$")
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
+    f"{p}{i}" for p in ("com", "lpt") for i in range(10)
+}
+
+
+def table_stem(name: str) -> str:
+    """A file-name stem for a table that is safe, readable and collision-free.
+
+    Plain lower-case names are kept as they are. Any other name (upper case, a
+    slash, a dot-dot, spaces, non-ASCII, a Windows device name) becomes a
+    lower-case slug plus '~' and a hash of the exact name. '~' never occurs in a
+    plain name, and the hash differs for different names, so two tables never
+    share a file, even on case-insensitive file systems.
+    """
+    if _PLAIN.match(name) and name not in _WINDOWS_RESERVED:
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:60] or "table"
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+    return f"{slug}~{digest}"
+
+
+def single_file(stem: str) -> str:
+    return f"{TABLES_DIR}/{stem}.json"
+
+
+def shard_file(stem: str, shard_name: str) -> str:
+    return f"{TABLES_DIR}/{stem}/{shard_name}.json"
+
+
+def cut_name(key: bytes) -> str | None:
+    """The shard name a row starts when its key is a cut point, else None.
+
+    Cuts depend on the key alone, so inserting or deleting a row changes only
+    the shard it falls in; no later shard moves.
+    """
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    if int.from_bytes(digest, "big") % SHARD_MEAN_ROWS:
+        return None
+    return digest.hex()
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a table's data: the whole table, or one shard of it."""
+
+    path: str
+    rows: int
+    sha256: str
+
+
+@dataclass
+class TableEntry:
+    """What the manifest records about one table."""
+
+    name: str
+    columns: list[dict[str, Any]]
+    primary_key: list[str]
+    foreign_keys: list[dict[str, Any]]
+    excluded_columns: list[str] = field(default_factory=list)
+    files: list[DataFile] = field(default_factory=list)
+    sharded: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def kinds(self) -> dict[str, str]:
+        return {c["name"]: c["kind"] for c in self.columns}
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "columns": self.columns,
+            "excluded_columns": self.excluded_columns,
+            "foreign_keys": self.foreign_keys,
+            "primary_key": self.primary_key,
+            "rows": self.rows,
+        }
+        if self.sharded:
+            data["shards"] = [
+                {"file": f.path, "rows": f.rows, "sha256": f.sha256} for f in self.files
+            ]
+        else:
+            (only,) = self.files
+            data["file"] = only.path
+            data["sha256"] = only.sha256
+        return data
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> TableEntry:
+        if "shards" in data:
+            files = [DataFile(s["file"], s["rows"], s["sha256"]) for s in data["shards"]]
+        else:
+            files = [DataFile(data["file"], data["rows"], data["sha256"])]
+        return cls(
+            name=name,
+            columns=data["columns"],
+            primary_key=data["primary_key"],
+            foreign_keys=data["foreign_keys"],
+            excluded_columns=data.get("excluded_columns", []),
+            files=files,
+            sharded="shards" in data,
+        )
+
+
+@dataclass
+class Manifest:
+    """The snapshot's table of contents: nothing in it changes unless the data does."""
+
+    dialect: str
+    schema: str | None
+    tables: dict[str, TableEntry]
+
+    def to_bytes(self) -> bytes:
+        data = {
+            "format": FORMAT_VERSION,
+            "dialect": self.dialect,
+            "schema": self.schema,
+            "tables": {name: t.to_json() for name, t in self.tables.items()},
+        }
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Manifest:
+        try:
+            data = orjson.loads(raw)
+            if data.get("format") != FORMAT_VERSION:
+                raise SnapshotCorrupt(
+                    f"manifest format {data.get('format')!r} is not supported "
+                    f"(this jsonsnap reads format {FORMAT_VERSION})"
+                )
+            tables = {n: TableEntry.from_json(n, t) for n, t in data["tables"].items()}
+            return cls(dialect=data["dialect"], schema=data["schema"], tables=tables)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SnapshotCorrupt(f"manifest.json is unreadable: {exc}") from None
+
+
+def split_rows(data: bytes) -> list[bytes]:
+    """A data file's rows as the exact bytes `pretty_row` wrote, without parsing JSON.
+
+    Row objects sit at an indent of two spaces, and JSON strings cannot hold a raw
+    newline, so '\\n  },\\n' occurs only between two rows.
+    """
+    if data == b"[]\n":
+        return []
+    if not (data.startswith(b"[\n") and data.endswith(b"\n]\n")):
+        raise SnapshotCorrupt("a data file is not a jsonsnap row array")
+    rows = data[2:-3].split(b"\n  },\n")
+    return [row + b"\n  }" for row in rows[:-1]] + rows[-1:]

@@ -1,0 +1,245 @@
+"""Everything git: init, the lock, commit-if-changed, and reading past snapshots.
+
+A snapshot is committed with git's plumbing, never by staging files in the work
+tree: blobs are written to the object store, a tree is built in a private index,
+and HEAD moves by a compare-and-swap `update-ref`. That single ref update is the
+commit point. Killed before it, the repository is untouched; killed after it,
+the next run only has to check the work tree out again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import git
+from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+
+from backend.errors import LockTimeout, RepoError
+from backend.layout import MANIFEST, TABLES_DIR, Manifest
+
+_ZERO = "0" * 40
+_OWNED = (MANIFEST, TABLES_DIR)
+
+
+def init_repo(path: str | os.PathLike[str]) -> SnapshotRepo:
+    """Create the snapshot repository if it is missing; open it either way."""
+    return SnapshotRepo.open(Path(path), create=True)
+
+
+class SnapshotRepo:
+    """A git repository of snapshots, owned by jsonsnap."""
+
+    def __init__(self, repo: git.Repo) -> None:
+        self.repo = repo
+        self.path = Path(repo.working_dir)
+        self.git_dir = Path(repo.git_dir)
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False) -> SnapshotRepo:
+        """Open the repository at exactly `path`; never a parent's repository."""
+        try:
+            return cls(git.Repo(path, search_parent_directories=False))
+        except (InvalidGitRepositoryError, NoSuchPathError):
+            if not create:
+                raise RepoError(
+                    f"{path} is not a snapshot repository; run `jsonsnap init` first"
+                ) from None
+        if path.exists() and not path.is_dir():
+            raise RepoError(f"{path} exists and is not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(git.Repo.init(path, initial_branch="main"))
+        except (OSError, GitCommandError) as exc:
+            raise RepoError(f"cannot create a git repository at {path}: {_one_line(exc)}") from None
+
+    # --- the lock -----------------------------------------------------------
+
+    @contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        """Hold the repository's lock: exports and restores run one at a time.
+
+        flock is released by the kernel when the holder dies, so a run killed
+        with -9 never leaves a stale lock behind.
+        """
+        info = self.git_dir / "jsonsnap.lock"
+        fd = os.open(self.git_dir, os.O_RDONLY)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(_holder_message(info, timeout)) from None
+                    time.sleep(0.05)
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            info.write_text(json.dumps(holder) + "\n")
+            try:
+                yield
+            finally:
+                info.unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    # --- reading ------------------------------------------------------------
+
+    def head(self) -> str | None:
+        try:
+            return self.repo.head.commit.hexsha
+        except ValueError:  # an unborn branch: no snapshot yet
+            return None
+
+    def commit_time(self, rev: str) -> dt.datetime:
+        return self._commit(rev).committed_datetime.astimezone(dt.UTC)
+
+    def tree_blobs(self, rev: str) -> dict[str, str]:
+        """Path -> blob id of every file in the snapshot at `rev`."""
+        out = self._git("ls-tree", "-r", "-z", "--full-tree", rev)
+        blobs = {}
+        for entry in out.split("\0"):
+            if entry:
+                meta, path = entry.split("\t", 1)
+                blobs[path] = meta.split()[2]
+        return blobs
+
+    def read_blob(self, sha: str) -> bytes:
+        data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
+        return data
+
+    def manifest_at(self, rev: str) -> tuple[Manifest, dict[str, str]] | None:
+        """The manifest at `rev` with the tree's blob ids, or None before the first snapshot."""
+        blobs = self.tree_blobs(rev)
+        if MANIFEST not in blobs:
+            return None
+        return Manifest.from_bytes(self.read_blob(blobs[MANIFEST])), blobs
+
+    def _commit(self, rev: str) -> git.Commit:
+        try:
+            return self.repo.commit(rev)
+        except (git.BadName, ValueError):
+            raise RepoError(f"no such snapshot revision {rev!r}") from None
+
+    # --- writing ------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Undo whatever an interrupted run left behind: staging, index, work tree."""
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self._index_file.unlink(missing_ok=True)
+        if self.head() is not None:
+            self._git("reset", "-q", "--hard")
+        self._git("clean", "-fdq", "--", *_OWNED)
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.git_dir / "jsonsnap-staging"
+
+    @property
+    def _index_file(self) -> Path:
+        return self.git_dir / "jsonsnap-index"
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A scratch folder inside .git: nothing in it is ever seen as a change."""
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self.staging_dir.mkdir()
+        try:
+            yield self.staging_dir
+        finally:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+    def store_files(self, files: list[Path]) -> list[str]:
+        """Write files into the object store, returning their blob ids, in one git call."""
+        if not files:
+            return []
+        listing = self.staging_dir / "store-paths"
+        listing.write_text("".join(f"{f}\n" for f in files))
+        with listing.open("rb") as stdin:
+            out = self._git("hash-object", "-w", "--no-filters", "--stdin-paths", stdin=stdin)
+        return out.split()
+
+    def commit(
+        self, blobs: dict[str, str], message: str, when: dt.datetime, author: tuple[str, str]
+    ) -> str | None:
+        """Commit exactly `blobs` (path -> blob id) as the new tree, if it differs from HEAD."""
+        head = self.head()
+        env = {"GIT_INDEX_FILE": str(self._index_file)}
+        self._index_file.unlink(missing_ok=True)
+        listing = self.staging_dir / "index-info"
+        listing.write_bytes(
+            b"".join(f"100644 {sha}\t{path}\0".encode() for path, sha in sorted(blobs.items()))
+        )
+        with listing.open("rb") as stdin:
+            self._git("update-index", "-z", "--add", "--index-info", stdin=stdin, env=env)
+        tree = self._git("write-tree", env=env).strip()
+        self._index_file.unlink(missing_ok=True)
+        if head is not None and tree == self._git("rev-parse", f"{head}^{{tree}}").strip():
+            return None
+        stamp = f"{int(when.timestamp())} +0000"
+        name, email = author
+        commit_env = {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_AUTHOR_DATE": stamp,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+            "GIT_COMMITTER_DATE": stamp,
+        }
+        parents = ["-p", head] if head else []
+        msg_file = self.staging_dir / "message"
+        msg_file.write_text(message + "\n")
+        commit = self._git(
+            "commit-tree", "--no-gpg-sign", tree, *parents, "-F", str(msg_file), env=commit_env
+        ).strip()
+        self._git("update-ref", "-m", message.splitlines()[0], "HEAD", commit, head or _ZERO)
+        self._git("reset", "-q", "--hard")
+        return commit
+
+    def _git(
+        self, *args: str, stdin: IO[bytes] | None = None, env: dict[str, str] | None = None
+    ) -> str:
+        try:
+            out: str = self.repo.git.execute(
+                ["git", *args],
+                istream=stdin,
+                env={**os.environ, **(env or {})},
+                strip_newline_in_stdout=False,
+            )
+        except GitCommandError as exc:
+            raise RepoError(f"git {args[0]} failed: {_one_line(exc)}") from None
+        return out
+
+
+def _holder_message(info: Path, timeout: float) -> str:
+    try:
+        holder: dict[str, Any] = json.loads(info.read_text())
+        who = f"since {holder['since']} (pid {holder['pid']} on {holder['host']})"
+    except (OSError, ValueError, KeyError):
+        who = "(holder unknown)"
+    return f"another jsonsnap run holds the repository lock {who}; gave up after {timeout:g}s"
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, GitCommandError):
+        text = str(exc.stderr or exc).strip().removeprefix("stderr:").strip(" '")
+    else:
+        text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
