@@ -1,5 +1,6 @@
 """jsonsnap: a relational database's history, as deterministic JSON in git."""
 
+from backend.diff import TableChange
 from backend.errors import (
     BadInput,
     DatabaseFailure,
@@ -8,7 +9,7 @@ from backend.errors import (
     RepoError,
     SnapshotCorrupt,
 )
-from backend.export import ExportResult, TableChange, export_snapshot
+from backend.export import ExportResult, Selection, export_snapshot
 from backend.repo import init_repo
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "JsonsnapError",
     "LockTimeout",
     "RepoError",
+    "Selection",
     "SnapshotCorrupt",
     "TableChange",
     "export_snapshot",

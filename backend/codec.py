@@ -77,12 +77,31 @@ def _encode_float(value: float) -> float | str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
-def _encode_datetime(value: dt.datetime) -> str:
+def _encode_datetime(value: dt.datetime | str) -> str:
     # Aware values are normalised to UTC so the session or machine zone never
     # changes the bytes; naive ones are kept as they are.
+    if isinstance(value, str):
+        return _iso_text(value)
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC)
     return value.isoformat()
+
+
+def _iso_text(value: str) -> str:
+    """A database's own date/time text (read in UTC) in ISO 8601 form.
+
+    PostgreSQL's text keeps what Python's types cannot: 'infinity', BC dates and
+    years past 9999. Finite values only need the 'T' and a full '+00:00' offset.
+    """
+    if value[:1].isdigit() and not value.endswith(" BC"):
+        value = value.replace(" ", "T", 1)
+        if value[-3:-2] in "+-" and value[-3:].lstrip("+-").isdigit() and "T" in value:
+            value += ":00"
+    return value
+
+
+def _encode_date(value: dt.date | str) -> str:
+    return _iso_text(value) if isinstance(value, str) else value.isoformat()
 
 
 def _encode_interval(value: dt.timedelta | str) -> str:
@@ -141,7 +160,7 @@ _ENCODERS: dict[str, Encoder | None] = {
     "float": _encode_float,
     "datetime": _encode_datetime,
     "datetime_tz": _encode_datetime,
-    "date": dt.date.isoformat,
+    "date": _encode_date,
     "time": dt.time.isoformat,
     "interval": _encode_interval,
     "bytes": _encode_bytes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
@@ -22,9 +23,12 @@ from backend.errors import BadInput, DatabaseFailure
 def make_engine(url: str) -> Engine:
     """An engine for `url`; a bad URL or a missing driver is a one-line BadInput."""
     parsed = parse_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # SQLAlchemy 2.1 defaults to psycopg 3; jsonsnap ships psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     try:
         engine = create_engine(parsed, pool_pre_ping=True)
-    except (ArgumentError, NoSuchModuleError) as exc:
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise BadInput(f"cannot use database URL {mask_url(parsed)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         _prepare_sqlite(engine)
@@ -37,7 +41,7 @@ def _prepare_sqlite(engine: Engine) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA busy_timeout = 30000")

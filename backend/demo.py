@@ -69,7 +69,7 @@ PRODUCTS = {
         ("Ouate de cellulose", "kg"),
     ],
     "carrelage": [
-        ("Carreau grès cérame 60×60", "m²"),
+        ("Carreau grès cérame 60x60", "m²"),
         ("Faïence murale blanche", "m²"),
         ("Mortier-colle", "sac"),
     ],

@@ -117,6 +117,7 @@ def _place(
     mine: OrderedDict[Hashable, Hashable],
     other: OrderedDict[Hashable, Hashable],
     change: TableChange,
+    *,
     side: str,
 ) -> None:
     if key not in other:

@@ -57,6 +57,27 @@ class ExportResult:
         return self.commit is not None
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which part of the database a snapshot holds."""
+
+    schema: str | None = None
+    tables: Sequence[str] = ()
+    exclude_tables: Sequence[str] = ()
+    exclude_columns: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class _Reflected:
+    """One table as the inspector describes it."""
+
+    name: str
+    columns: list[Any]  # ReflectedColumn
+    primary_key: list[str]
+    foreign_keys: list[Any]  # ReflectedForeignKeyConstraint
+    excluded: list[str]
+
+
 @dataclass
 class _TablePlan:
     """One table as reflected: what to select, how to encode it, how to order it."""
@@ -102,33 +123,29 @@ def export_snapshot(
         previous = repo.manifest_at(head) if head else None
         with repo.staging() as stage:
             with translate_db_errors(engine):
-                manifest, staged = _read_database(
-                    engine,
-                    dialect,
-                    stage,
-                    schema,
-                    tables,
-                    exclude_tables,
-                    exclude_columns,
-                    progress,
-                )
-            return _commit(repo, manifest, staged, previous, when, author)
+                selection = Selection(schema, tables, exclude_tables, exclude_columns)
+                manifest, staged = _read_database(engine, dialect, stage, selection, progress)
+            return _commit(
+                repo,
+                manifest=manifest,
+                staged=staged,
+                previous=previous,
+                when=when,
+                author=author,
+            )
 
 
 def _read_database(
     engine: Engine,
     dialect: Dialect,
     stage: Path,
-    schema: str | None,
-    only: Sequence[str],
-    exclude_tables: Sequence[str],
-    exclude_columns: Sequence[str],
+    selection: Selection,
     progress: Progress | None,
 ) -> tuple[Manifest, dict[str, Path]]:
     staged: dict[str, Path] = {}
     with dialect.read_transaction(engine) as conn:
-        schema_name = schema or dialect.default_schema(conn)
-        plans = _plan(conn, dialect, schema, only, exclude_tables, exclude_columns)
+        schema_name = selection.schema or dialect.default_schema(conn)
+        plans = _plan(conn, dialect, selection)
         for plan in plans:
             total = _count(conn, plan) if progress else 0
             writer = _TableWriter(stage, layout.table_stem(plan.name))
@@ -142,14 +159,8 @@ def _read_database(
     return manifest, staged
 
 
-def _plan(
-    conn: Connection,
-    dialect: Dialect,
-    schema: str | None,
-    only: Sequence[str],
-    exclude_tables: Sequence[str],
-    exclude_columns: Sequence[str],
-) -> list[_TablePlan]:
+def _plan(conn: Connection, dialect: Dialect, selection: Selection) -> list[_TablePlan]:
+    schema, only, exclude_tables = selection.schema, selection.tables, selection.exclude_tables
     inspector = inspect(conn)
     existing = set(inspector.get_table_names(schema=schema))
     where = f" in schema {schema!r}" if schema else ""
@@ -157,31 +168,30 @@ def _plan(
         if name not in existing:
             raise BadInput(f"unknown table {name!r}{where}")
     chosen = sorted((set(only) or existing) - set(exclude_tables))
-    excluded = _excluded_columns(exclude_columns, conn, inspector, schema, existing)
+    excluded = _excluded_columns(selection.exclude_columns, inspector, schema, existing)
     with warnings.catch_warnings():
         # SQLite columns of undeclared types reflect as NullType: read as stored.
         warnings.filterwarnings("ignore", "Did not recognize type", SAWarning)
         columns = inspector.get_multi_columns(schema=schema, filter_names=chosen)
     pks = inspector.get_multi_pk_constraint(schema=schema, filter_names=chosen)
     fks = inspector.get_multi_foreign_keys(schema=schema, filter_names=chosen)
-    return [
-        _plan_table(
-            conn,
-            dialect,
-            schema,
-            name,
-            columns[(schema, name)],
-            pks[(schema, name)],
-            fks[(schema, name)],
-            excluded.get(name, []),
+    reflected = [
+        _Reflected(
+            name=name,
+            columns=columns[(schema, name)],
+            primary_key=list(pks[(schema, name)].get("constrained_columns") or []),
+            foreign_keys=fks[(schema, name)],
+            excluded=excluded.get(name, []),
         )
         for name in chosen
     ]
+    return [_plan_table(conn, dialect, schema, table) for table in reflected]
 
 
 def _excluded_columns(
-    specs: Sequence[str], conn: Connection, inspector: Any, schema: str | None, existing: set[str]
+    specs: Sequence[str], inspector: Any, schema: str | None, existing: set[str]
 ) -> dict[str, list[str]]:
+    """TABLE.COLUMN specs by table; either name may itself contain dots."""
     excluded: dict[str, list[str]] = {}
     for spec in specs:
         for cut in [i for i, ch in enumerate(spec) if ch == "."]:
@@ -197,21 +207,14 @@ def _excluded_columns(
 
 
 def _plan_table(
-    conn: Connection,
-    dialect: Dialect,
-    schema: str | None,
-    name: str,
-    columns: list[dict[str, Any]],
-    pk: dict[str, Any],
-    fks: list[dict[str, Any]],
-    excluded: list[str],
+    conn: Connection, dialect: Dialect, schema: str | None, table: _Reflected
 ) -> _TablePlan:
-    key = list(pk.get("constrained_columns") or [])
+    name, key, excluded = table.name, table.primary_key, table.excluded
     hidden = sorted(set(excluded) & set(key))
     if hidden:
         raise BadInput(f"cannot exclude primary key column {name}.{hidden[0]}")
     declared = dialect.declared_types(conn, schema, name)
-    kept = [c for c in columns if c["name"] not in excluded]
+    kept = [c for c in table.columns if c["name"] not in excluded]
     kinds = {c["name"]: codec.kind_of(c["type"], dialect.unknown_kind) for c in kept}
     entry = TableEntry(
         name=name,
@@ -233,7 +236,7 @@ def _plan_table(
                     "referred_table": fk["referred_table"],
                     "referred_columns": fk["referred_columns"],
                 }
-                for fk in fks
+                for fk in table.foreign_keys
             ),
             key=orjson.dumps,
         ),
@@ -255,7 +258,7 @@ def _plan_table(
 def _type_name(sa_type: Any) -> str:
     try:
         return str(sa_type)
-    except Exception:  # noqa: BLE001 - NullType and friends cannot render themselves
+    except Exception:  # NullType and friends cannot render themselves
         return "NULL"
 
 
@@ -315,7 +318,7 @@ def _external_sort(
 
 
 def _spill(chunk: list[tuple[bytes, bytes]], stage: Path) -> IO[bytes]:
-    run = tempfile.TemporaryFile(dir=stage)
+    run = tempfile.TemporaryFile(dir=stage)  # noqa: SIM115 - closed by _external_sort
     for key, row in chunk:
         run.write(len(key).to_bytes(4, "big") + key + len(row).to_bytes(4, "big") + row)
     run.seek(0)
@@ -414,6 +417,7 @@ class _TableWriter:
 
 def _commit(
     repo: SnapshotRepo,
+    *,
     manifest: Manifest,
     staged: dict[str, Path],
     previous: tuple[Manifest, dict[str, str]] | None,
@@ -435,7 +439,7 @@ def _commit(
         local = repo.staging_dir / path
         local.write_bytes(data)
         (blobs[path],) = repo.store_files([local])
-    summary = _summarize(repo, old_manifest, old_blobs, manifest, staged)
+    summary = _summarize(repo, old_manifest, old_blobs, manifest, staged=staged)
     stamp = format_timestamp(when)
     commit = repo.commit(blobs, _message(stamp, summary), when, author)
     return ExportResult(
@@ -451,6 +455,7 @@ def _summarize(
     old: Manifest | None,
     old_blobs: dict[str, str],
     new: Manifest,
+    *,
     staged: dict[str, Path],
 ) -> dict[str, TableChange]:
     old_tables = old.tables if old else {}

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import git
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
@@ -213,7 +213,7 @@ class SnapshotRepo:
         return commit
 
     def _git(
-        self, *args: str, stdin: IO[bytes] | None = None, env: dict[str, str] | None = None
+        self, *args: str, stdin: BinaryIO | None = None, env: dict[str, str] | None = None
     ) -> str:
         try:
             out: str = self.repo.git.execute(

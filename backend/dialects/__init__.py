@@ -8,55 +8,24 @@ for each column type.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from sqlalchemy import Engine
 
-from sqlalchemy import Column, Engine
-from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
-
+from backend.dialects.base import Dialect
+from backend.dialects.postgresql import PostgresDialect
+from backend.dialects.sqlite import SqliteDialect
 from backend.errors import BadInput
 
-
-class Dialect:
-    """Behaviour shared by every database; subclasses override what differs."""
-
-    name = "generic"
-    #: Kind for a column whose type SQLAlchemy does not know.
-    unknown_kind = "text"
-
-    @contextmanager
-    def read_transaction(self, engine: Engine) -> Iterator[Connection]:
-        """A connection whose reads all see one moment of the database."""
-        with engine.connect() as conn, conn.begin():
-            yield conn
-
-    def select_expr(self, column: Column[Any], kind: str) -> ColumnElement[Any]:
-        """How to read a column so the value reaches the codec without loss."""
-        return column
-
-    def order_expr(self, column: Column[Any], kind: str) -> ColumnElement[Any]:
-        """How to order by a key column so the order never depends on a locale."""
-        return column
-
-    def declared_types(self, conn: Connection, schema: str | None, table: str) -> dict[str, str]:
-        """The database's own type name for each column, for the manifest."""
-        return {}
-
-    def default_schema(self, conn: Connection) -> str | None:
-        return None
+_DIALECTS: dict[str, type[Dialect]] = {"postgresql": PostgresDialect, "sqlite": SqliteDialect}
 
 
 def for_engine(engine: Engine) -> Dialect:
-    from backend.dialects.postgresql import PostgresDialect
-    from backend.dialects.sqlite import SqliteDialect
-
-    dialects: dict[str, type[Dialect]] = {"postgresql": PostgresDialect, "sqlite": SqliteDialect}
     try:
-        return dialects[engine.dialect.name]()
+        return _DIALECTS[engine.dialect.name]()
     except KeyError:
-        supported = ", ".join(sorted(dialects))
+        supported = ", ".join(sorted(_DIALECTS))
         raise BadInput(
             f"database {engine.dialect.name!r} is not supported (supported: {supported})"
         ) from None
+
+
+__all__ = ["Dialect", "for_engine"]

@@ -6,15 +6,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import ARRAY, Column, Engine, Text, cast, text
+from sqlalchemy import ARRAY, Engine, Text, cast, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
-from backend.dialects import Dialect
+from backend.dialects.base import Dialect
 
-# Read as text: psycopg2 turns an interval's months into 30 days and parses JSON
-# numbers into floats; PostgreSQL's own text keeps both exactly.
-_TEXT_KINDS = ("interval", "json", "text")
+# Read as text: psycopg2 turns an interval's months into 30 days, JSON numbers
+# into floats, and 'infinity' dates into year 9999; PostgreSQL's own text keeps
+# all of them exactly.
+_TEXT_KINDS = ("interval", "json", "text", "date", "datetime", "datetime_tz")
 _COLLATABLE = ("string",)
 
 
@@ -34,14 +35,14 @@ class PostgresDialect(Dialect):
                 conn.exec_driver_sql("SET LOCAL extra_float_digits = 3")
                 yield conn
 
-    def select_expr(self, column: Column[Any], kind: str) -> ColumnElement[Any]:
+    def select_expr(self, column: ColumnClause[Any], kind: str) -> ColumnElement[Any]:
         base = kind.removeprefix("array:")
         if base not in _TEXT_KINDS:
             return column
         target = ARRAY(Text) if kind.startswith("array:") else Text()
         return cast(column, target).label(column.name)
 
-    def order_expr(self, column: Column[Any], kind: str) -> ColumnElement[Any]:
+    def order_expr(self, column: ColumnClause[Any], kind: str) -> ColumnElement[Any]:
         # "C" orders by code point, as SQLite's BINARY does, whatever the locale.
         return column.collate("C") if kind in _COLLATABLE else column
 

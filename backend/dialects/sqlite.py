@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Column, Engine, Text, type_coerce
+from sqlalchemy import Engine, Text, type_coerce
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
-from backend.dialects import Dialect
+from backend.dialects.base import Dialect
 
 
 class SqliteDialect(Dialect):
@@ -30,7 +30,7 @@ class SqliteDialect(Dialect):
             finally:
                 conn.rollback()
 
-    def select_expr(self, column: Column[Any], kind: str) -> ColumnElement[Any]:
+    def select_expr(self, column: ColumnClause[Any], kind: str) -> ColumnElement[Any]:
         if kind == "json":  # the stored text, with its numbers' exact digits
             return type_coerce(column, Text).label(column.name)
         return column

@@ -1,0 +1,112 @@
+"""Shared fixtures: real SQLite files, real PostgreSQL databases, real git repositories.
+
+PostgreSQL tests use the server at TEST_POSTGRES_URL (default: the local one on
+127.0.0.1:5432). Each test gets a database of its own, dropped afterwards. When
+the server is unreachable they skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from backend.cli import main
+
+PG_SERVER = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user configuration leaks in: no git config, no jsonsnap variables, a fixed zone."""
+    for name in list(os.environ):
+        if name.startswith(("JSONSNAP_", "GIT_")) or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / "no-gitconfig"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+def _admin_engine() -> sa.Engine:
+    return sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+
+
+def _server_reachable() -> str | None:
+    try:
+        with _admin_engine().connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.OperationalError as exc:
+        return str(exc.orig).strip().splitlines()[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    problem = _server_reachable()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true: {problem}")
+        pytest.skip(f"PostgreSQL unreachable: {problem}")
+    return PG_SERVER
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped after the test."""
+    name = f"jsonsnap_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(pg_server).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on the embedded default and on the real target."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path) -> Path:
+    return tmp_path / "snapshots"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run the jsonsnap CLI in-process, as a user would type it."""
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    engine.dispose()
