@@ -9,16 +9,13 @@ a failure at any point before that step leaves the repository exactly as it was.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import heapq
 import importlib.resources
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine, inspect, select, text
@@ -31,16 +28,17 @@ from backend import codec, layout
 from backend.config import author_identity, format_timestamp, parse_timestamp
 from backend.db import translate_db_errors
 from backend.dialects import Dialect, for_engine
+from backend.dialects.base import RowSource
 from backend.diff import TableChange, compare_tables
 from backend.errors import BadInput
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
+from backend.writer import ExternalSorter, Row, TableWriter
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
 
 _BATCH = 2000
-_SORT_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -83,6 +81,7 @@ class _TablePlan:
     """One table as reflected: what to select, how to encode it, how to order it."""
 
     name: str
+    source: RowSource
     entry: TableEntry
     names: list[str]
     encoders: list[codec.Encoder | None]
@@ -147,16 +146,45 @@ def _read_database(
         schema_name = selection.schema or dialect.default_schema(conn)
         plans = _plan(conn, dialect, selection)
         for plan in plans:
-            total = _count(conn, plan) if progress else 0
-            writer = _TableWriter(stage, layout.table_stem(plan.name))
-            rows = _encoded_rows(conn, plan, progress, total)
-            if not plan.entry.primary_key:
-                rows = _external_sort(rows, stage)
-            for key, row in rows:
-                writer.add(key, row)
-            plan.entry.files, plan.entry.sharded = writer.finish(staged)
+            plan.entry.files, plan.entry.sharded = _export_table(
+                conn, dialect, plan, stage=stage, staged=staged, progress=progress
+            )
     manifest = Manifest(dialect.name, schema_name, {p.name: p.entry for p in plans})
     return manifest, staged
+
+
+def _export_table(
+    conn: Connection,
+    dialect: Dialect,
+    plan: _TablePlan,
+    *,
+    stage: Path,
+    staged: dict[str, Path],
+    progress: Progress | None,
+) -> tuple[list[DataFile], bool]:
+    """Write one table's files to the staging folder, in key order."""
+    writer = TableWriter(stage, plan.name)
+    sorter = None if plan.source.primary_key else ExternalSorter(stage)
+    sink = sorter.add if sorter else writer.add
+    total = _count(conn, plan) if progress else 0
+    done = 0
+
+    def take(rows: list[Row]) -> None:
+        nonlocal done
+        sink(rows)
+        done += len(rows)
+        if progress and rows:
+            progress(plan.name, done, max(total, done))
+
+    if not dialect.fast_rows(conn, plan.source, take):
+        for batch in _encoded_batches(conn, plan):
+            take(batch)
+    if progress and not done:
+        progress(plan.name, 0, 0)
+    if sorter:
+        for batch in sorter.sorted_batches():
+            writer.add(batch)
+    return writer.finish(staged)
 
 
 def _plan(conn: Connection, dialect: Dialect, selection: Selection) -> list[_TablePlan]:
@@ -248,6 +276,7 @@ def _plan_table(
         statement = statement.order_by(*[dialect.order_expr(tbl.c[k], kinds[k]) for k in key])
     return _TablePlan(
         name=name,
+        source=RowSource(schema, name, kinds, key),
         entry=entry,
         names=[c["name"] for c in kept],
         encoders=[codec.encoder(kinds[c["name"]]) for c in kept],
@@ -267,152 +296,19 @@ def _count(conn: Connection, plan: _TablePlan) -> int:
     return int(conn.execute(select(text("count(*)")).select_from(subquery)).scalar_one())
 
 
-def _encoded_rows(
-    conn: Connection, plan: _TablePlan, progress: Progress | None, total: int
-) -> Iterator[tuple[bytes, bytes]]:
-    """(canonical key, pretty row bytes) for each row, streamed in batches."""
+def _encoded_batches(conn: Connection, plan: _TablePlan) -> Iterator[list[Row]]:
+    """Rows selected as Python values and encoded one by one: the portable path."""
     names, encoders = plan.names, plan.encoders
-    key_index = [names.index(k) for k in plan.entry.primary_key]
+    key_index = [names.index(k) for k in plan.source.primary_key]
     result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(plan.statement)
-    done = 0
-    for batch in result.partitions():
-        for raw in batch:
+    for partition in result.partitions():
+        batch = []
+        for raw in partition:
             values = [v if enc is None else enc(v) for v, enc in zip(raw, encoders, strict=True)]
-            row = dict(zip(names, values, strict=True))
-            key = codec.canonical([values[i] for i in key_index] if key_index else row)
-            yield key, codec.pretty_row(row)
-        done += len(batch)
-        if progress:
-            progress(plan.name, done, max(total, done))
-    if progress and not done:
-        progress(plan.name, 0, 0)
-
-
-def _external_sort(
-    rows: Iterable[tuple[bytes, bytes]], stage: Path
-) -> Iterator[tuple[bytes, bytes]]:
-    """Sort a key-less table by its rows' canonical encoding in bounded memory.
-
-    Sorted runs of at most _SORT_CHUNK_BYTES are spilled to files in the staging
-    folder and merged, so a table of any size never has to fit in memory.
-    """
-    runs: list[IO[bytes]] = []
-    chunk: list[tuple[bytes, bytes]] = []
-    size = 0
-    try:
-        for key, row in rows:
-            chunk.append((key, row))
-            size += len(key) + len(row)
-            if size >= _SORT_CHUNK_BYTES:
-                runs.append(_spill(sorted(chunk), stage))
-                chunk, size = [], 0
-        chunk.sort()
-        if not runs:
-            yield from chunk
-            return
-        runs.append(_spill(chunk, stage))
-        yield from heapq.merge(*(_read_run(run) for run in runs))
-    finally:
-        for run in runs:
-            run.close()
-
-
-def _spill(chunk: list[tuple[bytes, bytes]], stage: Path) -> IO[bytes]:
-    run = tempfile.TemporaryFile(dir=stage)  # noqa: SIM115 - closed by _external_sort
-    for key, row in chunk:
-        run.write(len(key).to_bytes(4, "big") + key + len(row).to_bytes(4, "big") + row)
-    run.seek(0)
-    return run
-
-
-def _read_run(run: IO[bytes]) -> Iterator[tuple[bytes, bytes]]:
-    while header := run.read(4):
-        key = run.read(int.from_bytes(header, "big"))
-        row = run.read(int.from_bytes(run.read(4), "big"))
-        yield key, row
-
-
-class _StagedFile:
-    """A data file being written to the staging folder, hashed as it grows."""
-
-    def __init__(self, stage: Path, path: str) -> None:
-        self.path = path
-        self.local = stage / path.replace("/", "%")
-        self.handle = self.local.open("wb")
-        self.handle.write(b"[\n")
-        self.sha = hashlib.sha256(b"[\n")
-        self.rows = 0
-
-    def add(self, row: bytes) -> None:
-        chunk = (b",\n" + row) if self.rows else row
-        self.handle.write(chunk)
-        self.sha.update(chunk)
-        self.rows += 1
-
-    def close(self) -> DataFile:
-        tail = b"\n]\n" if self.rows else b"]\n"
-        self.handle.write(tail)
-        self.sha.update(tail)
-        self.handle.close()
-        return DataFile(self.path, self.rows, self.sha.hexdigest())
-
-
-class _TableWriter:
-    """Writes one table as a single file, or as shards once it grows past the threshold.
-
-    Rows are held in memory only up to the threshold (SHARD_MIN_ROWS rows or
-    SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard file.
-    """
-
-    def __init__(self, stage: Path, stem: str) -> None:
-        self.stage = stage
-        self.stem = stem
-        self.buffer: list[tuple[bytes, bytes]] = []
-        self.buffered_bytes = 0
-        self.shards: list[_StagedFile] = []
-        self.done: list[DataFile] = []
-
-    def add(self, key: bytes, row: bytes) -> None:
-        if self.shards:
-            self._add_to_shard(key, row)
-            return
-        self.buffer.append((key, row))
-        self.buffered_bytes += len(row)
-        if len(self.buffer) > layout.SHARD_MIN_ROWS or self.buffered_bytes > layout.SHARD_MIN_BYTES:
-            self.shards.append(self._open(layout.shard_file(self.stem, layout.FIRST_SHARD)))
-            for k, r in self.buffer:
-                self._add_to_shard(k, r)
-            self.buffer = []
-
-    def _add_to_shard(self, key: bytes, row: bytes) -> None:
-        name = layout.cut_name(key)
-        current = self.shards[-1]
-        if name is not None:
-            if current.rows:
-                self.done.append(current.close())
-            else:  # the first row is itself a cut: the shard takes its name
-                current.handle.close()
-                current.local.unlink()
-                self.shards.pop()
-            current = self._open(layout.shard_file(self.stem, name))
-            self.shards.append(current)
-        current.add(row)
-
-    def _open(self, path: str) -> _StagedFile:
-        return _StagedFile(self.stage, path)
-
-    def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
-        """Close the files, record them in `staged` (repo path -> local file)."""
-        if self.shards:
-            self.done.append(self.shards[-1].close())
-            for shard in self.shards:
-                staged[shard.path] = shard.local
-            return self.done, True
-        single = self._open(layout.single_file(self.stem))
-        for _, row in self.buffer:
-            single.add(row)
-        staged[single.path] = single.local
-        return [single.close()], False
+            row = codec.pretty_row(dict(zip(names, values, strict=True)))
+            key = codec.canonical([values[i] for i in key_index]) if key_index else row
+            batch.append((key, row))
+        yield batch
 
 
 def _commit(

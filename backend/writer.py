@@ -1,0 +1,175 @@
+"""Data files in the staging folder: one per small table, shards for large ones.
+
+Rows arrive in batches of (key, row bytes), already in their final order. Each
+file is hashed as it is written, so export never reads a file back to learn
+its checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from backend import layout
+from backend.layout import DataFile
+
+#: One row: the key that orders it and decides shard cuts, and its bytes in the file.
+Row = tuple[bytes, bytes]
+
+_SORT_CHUNK_BYTES = 32 * 1024 * 1024
+_MERGE_BATCH = 2000
+
+
+class _StagedFile:
+    """A data file being written, hashed as it grows."""
+
+    def __init__(self, stage: Path, path: str) -> None:
+        self.path = path
+        self.local = stage / path.replace("/", "%")
+        self.handle = self.local.open("wb")
+        self.handle.write(b"[\n")
+        self.sha = hashlib.sha256(b"[\n")
+        self.rows = 0
+
+    def add(self, rows: list[bytes]) -> None:
+        if not rows:
+            return
+        data = b",\n".join(rows)
+        if self.rows:
+            data = b",\n" + data
+        self.handle.write(data)
+        self.sha.update(data)
+        self.rows += len(rows)
+
+    def close(self) -> DataFile:
+        tail = b"\n]\n" if self.rows else b"]\n"
+        self.handle.write(tail)
+        self.sha.update(tail)
+        self.handle.close()
+        return DataFile(self.path, self.rows, self.sha.hexdigest())
+
+    def discard(self) -> None:
+        self.handle.close()
+        self.local.unlink()
+
+
+class TableWriter:
+    """Writes one table as a single file, or as shards once it grows past the threshold.
+
+    Rows are held in memory only up to the threshold (SHARD_MIN_ROWS rows or
+    SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard file.
+    """
+
+    def __init__(self, stage: Path, table: str) -> None:
+        self.stage = stage
+        self.stem = layout.table_stem(table)
+        self.buffer: list[Row] = []
+        self.buffered_bytes = 0
+        self.shards: list[_StagedFile] = []
+        self.closed: list[DataFile] = []
+
+    def add(self, rows: list[Row]) -> None:
+        if self.shards:
+            self._add_to_shards(rows)
+            return
+        self.buffer.extend(rows)
+        self.buffered_bytes += sum(len(row) for _, row in rows)
+        if len(self.buffer) > layout.SHARD_MIN_ROWS or self.buffered_bytes > layout.SHARD_MIN_BYTES:
+            self.shards.append(self._open(layout.FIRST_SHARD))
+            buffered, self.buffer = self.buffer, []
+            self._add_to_shards(buffered)
+
+    def _add_to_shards(self, rows: list[Row]) -> None:
+        pending: list[bytes] = []
+        for key, row in rows:
+            name = layout.cut_name(key)
+            if name is not None:
+                current = self.shards[-1]
+                current.add(pending)
+                pending = []
+                if current.rows:
+                    self.closed.append(current.close())
+                else:  # the table's first row is itself a cut: no "first" shard
+                    current.discard()
+                    self.shards.pop()
+                self.shards.append(self._open(name))
+            pending.append(row)
+        self.shards[-1].add(pending)
+
+    def _open(self, shard: str | None) -> _StagedFile:
+        path = (
+            layout.single_file(self.stem) if shard is None else layout.shard_file(self.stem, shard)
+        )
+        return _StagedFile(self.stage, path)
+
+    def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
+        """Close the files and record them in `staged` (repo path -> local file)."""
+        if self.shards:
+            self.closed.append(self.shards[-1].close())
+            files, sharded = self.closed, True
+            opened = self.shards
+        else:
+            single = self._open(None)
+            single.add([row for _, row in self.buffer])
+            files, sharded, opened = [single.close()], False, [single]
+        for staged_file in opened:
+            staged[staged_file.path] = staged_file.local
+        return files, sharded
+
+
+class ExternalSorter:
+    """Sorts a key-less table's rows in bounded memory.
+
+    Sorted runs of at most _SORT_CHUNK_BYTES are spilled to files in the staging
+    folder and merged, so a table of any size never has to fit in memory.
+    """
+
+    def __init__(self, stage: Path) -> None:
+        self.stage = stage
+        self.runs: list[IO[bytes]] = []
+        self.chunk: list[Row] = []
+        self.size = 0
+
+    def add(self, rows: list[Row]) -> None:
+        self.chunk.extend(rows)
+        self.size += sum(len(key) + len(row) for key, row in rows)
+        if self.size >= _SORT_CHUNK_BYTES:
+            self.runs.append(self._spill())
+
+    def sorted_batches(self) -> Iterator[list[Row]]:
+        try:
+            if not self.runs:
+                self.chunk.sort()
+                yield self.chunk
+                return
+            self.runs.append(self._spill())
+            batch: list[Row] = []
+            for row in heapq.merge(*(_read_run(run) for run in self.runs)):
+                batch.append(row)
+                if len(batch) >= _MERGE_BATCH:
+                    yield batch
+                    batch = []
+            yield batch
+        finally:
+            for run in self.runs:
+                run.close()
+
+    def _spill(self) -> IO[bytes]:
+        self.chunk.sort()
+        run = tempfile.TemporaryFile(dir=self.stage)  # noqa: SIM115 - closed by sorted_batches
+        for key, row in self.chunk:
+            run.write(len(key).to_bytes(4, "big") + key + len(row).to_bytes(4, "big") + row)
+        run.seek(0)
+        self.chunk, self.size = [], 0
+        return run
+
+
+def _read_run(run: IO[bytes]) -> Iterator[Row]:
+    while header := run.read(4):
+        key = run.read(int.from_bytes(header, "big"))
+        row = run.read(int.from_bytes(run.read(4), "big"))
+        yield key, row
