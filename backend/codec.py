@@ -145,7 +145,7 @@ def _parse_exact(text: str) -> Any:
     # per-call Python overhead (a third of the cost on small documents).
     text = text.strip()
     try:
-        value, end = _EXACT_JSON.scan_once(text, 0)
+        value, end = _EXACT_JSON.scan_once(text, 0)  # type: ignore[attr-defined]
     except StopIteration:
         end = -1
     if end != len(text):
