@@ -51,18 +51,20 @@ def _prepare_sqlite(engine: Engine) -> None:
 @contextmanager
 def translate_db_errors(engine: Engine) -> Iterator[None]:
     """Turn driver exceptions into a one-line DatabaseFailure with no password in it."""
+    driver_error = engine.dialect.loaded_dbapi.Error  # raised as is by raw-cursor paths (COPY)
     try:
         yield
     except DBAPIError as exc:
+        raise DatabaseFailure(_db_message(exc.orig or exc, engine)) from None
+    except driver_error as exc:
         raise DatabaseFailure(_db_message(exc, engine)) from None
     except SQLAlchemyError as exc:
         raise DatabaseFailure(scrub(_first_line(str(exc)), engine.url)) from None
 
 
-def _db_message(exc: DBAPIError, engine: Engine) -> str:
-    reason = _first_line(str(exc.orig)) if exc.orig is not None else _first_line(str(exc))
+def _db_message(exc: BaseException, engine: Engine) -> str:
     where = mask_url(engine.url)
-    return scrub(f"database error ({where}): {reason}", engine.url)
+    return scrub(f"database error ({where}): {_first_line(str(exc))}", engine.url)
 
 
 def _first_line(text: str) -> str:
