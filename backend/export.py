@@ -64,6 +64,25 @@ class Selection:
     exclude_tables: Sequence[str] = ()
     exclude_columns: Sequence[str] = ()
 
+    def to_json(self) -> dict[str, list[str]]:
+        """As recorded in the manifest, so a restore can export the same way."""
+        return {
+            "tables": sorted(self.tables),
+            "exclude_tables": sorted(self.exclude_tables),
+            "exclude_columns": sorted(self.exclude_columns),
+        }
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Selection:
+        """The selection the snapshot described by `manifest` was made with."""
+        chosen = manifest.selection
+        return cls(
+            schema=manifest.schema,
+            tables=tuple(chosen.get("tables", ())),
+            exclude_tables=tuple(chosen.get("exclude_tables", ())),
+            exclude_columns=tuple(chosen.get("exclude_columns", ())),
+        )
+
 
 @dataclass(frozen=True)
 class _Reflected:
@@ -108,30 +127,37 @@ def export_snapshot(
     run keeps it longer than `lock_timeout` seconds.
     """
     when = parse_timestamp(timestamp)
-    dialect = for_engine(engine)
-    author = author_identity()
+    selection = Selection(schema, tuple(tables), tuple(exclude_tables), tuple(exclude_columns))
+    author_identity()  # a malformed JSONSNAP_AUTHOR is bad input: fail before any work
     repo = SnapshotRepo.open(Path(repo_path), create=True)
     with repo.lock(lock_timeout):
         repo.recover()
-        head = repo.head()
-        if head is not None and when < repo.commit_time(head):
-            raise BadInput(
-                f"snapshot time {format_timestamp(when)} is before the last snapshot "
-                f"({format_timestamp(repo.commit_time(head))}); snapshots must stay in time order"
-            )
-        previous = repo.manifest_at(head) if head else None
+        check_time_order(repo, when)
         with repo.staging() as stage:
-            with translate_db_errors(engine):
-                selection = Selection(schema, tables, exclude_tables, exclude_columns)
-                manifest, staged = _read_database(engine, dialect, stage, selection, progress)
-            return _commit(
-                repo,
-                manifest=manifest,
-                staged=staged,
-                previous=previous,
-                when=when,
-                author=author,
-            )
+            manifest, staged = read_database(engine, stage, selection, progress)
+            return commit_snapshot(repo, manifest, staged, when=when)
+
+
+def check_time_order(repo: SnapshotRepo, when: dt.datetime) -> None:
+    """Snapshots must be dated in commit order, or `--date` could not find them."""
+    head = repo.head()
+    if head is not None and when < repo.commit_time(head):
+        raise BadInput(
+            f"snapshot time {format_timestamp(when)} is before the last snapshot "
+            f"({format_timestamp(repo.commit_time(head))}); snapshots must stay in time order"
+        )
+
+
+def read_database(
+    engine: Engine, stage: Path, selection: Selection, progress: Progress | None = None
+) -> tuple[Manifest, dict[str, Path]]:
+    """Read the selected tables in one transaction into data files in `stage`.
+
+    Returns the manifest and where each of its files was staged.
+    """
+    dialect = for_engine(engine)
+    with translate_db_errors(engine):
+        return _read_database(engine, dialect, stage, selection, progress)
 
 
 def _read_database(
@@ -149,7 +175,12 @@ def _read_database(
             plan.entry.files, plan.entry.sharded = _export_table(
                 conn, dialect, plan, stage=stage, staged=staged, progress=progress
             )
-    manifest = Manifest(dialect.name, schema_name, {p.name: p.entry for p in plans})
+    manifest = Manifest(
+        dialect=dialect.name,
+        schema=schema_name,
+        selection=selection.to_json(),
+        tables={p.name: p.entry for p in plans},
+    )
     return manifest, staged
 
 
@@ -311,15 +342,21 @@ def _encoded_batches(conn: Connection, plan: _TablePlan) -> Iterator[list[Row]]:
         yield batch
 
 
-def _commit(
+def commit_snapshot(
     repo: SnapshotRepo,
-    *,
     manifest: Manifest,
     staged: dict[str, Path],
-    previous: tuple[Manifest, dict[str, str]] | None,
+    *,
     when: dt.datetime,
-    author: tuple[str, str],
+    title: str | None = None,
 ) -> ExportResult:
+    """Commit staged files as the new snapshot if they differ from HEAD.
+
+    The subject is `title` (default "snapshot <time>") followed by the
+    per-table summary of rows added, deleted and changed.
+    """
+    head = repo.head()
+    previous = repo.manifest_at(head) if head else None
     old_manifest, old_blobs = previous if previous else (None, {})
     old_sums = {
         f.path: f.sha256
@@ -337,7 +374,8 @@ def _commit(
         (blobs[path],) = repo.store_files([local])
     summary = _summarize(repo, old_manifest, old_blobs, manifest, staged=staged)
     stamp = format_timestamp(when)
-    commit = repo.commit(blobs, _message(stamp, summary), when, author)
+    message = _message(title or f"snapshot {stamp}", summary)
+    commit = repo.commit(blobs, message, when, author_identity())
     return ExportResult(
         commit=commit,
         timestamp=stamp,
@@ -370,9 +408,9 @@ def _summarize(
     return summary
 
 
-def _message(stamp: str, summary: dict[str, TableChange]) -> str:
+def _message(title: str, summary: dict[str, TableChange]) -> str:
     tables = "; ".join(f"{name} {change.describe()}" for name, change in summary.items())
-    subject = f"snapshot {stamp}: {tables or 'no row changes'}"
+    subject = f"{title}: {tables or 'no row changes'}"
     trailer = orjson.dumps(
         {name: change.as_dict() for name, change in summary.items()}, option=orjson.OPT_SORT_KEYS
     ).decode()

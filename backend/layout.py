@@ -146,6 +146,7 @@ class Manifest:
 
     dialect: str
     schema: str | None
+    selection: dict[str, list[str]]
     tables: dict[str, TableEntry]
 
     def to_bytes(self) -> bytes:
@@ -153,6 +154,7 @@ class Manifest:
             "format": FORMAT_VERSION,
             "dialect": self.dialect,
             "schema": self.schema,
+            "selection": self.selection,
             "tables": {name: t.to_json() for name, t in self.tables.items()},
         }
         return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
@@ -167,7 +169,12 @@ class Manifest:
                     f"(this jsonsnap reads format {FORMAT_VERSION})"
                 )
             tables = {n: TableEntry.from_json(n, t) for n, t in data["tables"].items()}
-            return cls(dialect=data["dialect"], schema=data["schema"], tables=tables)
+            return cls(
+                dialect=data["dialect"],
+                schema=data["schema"],
+                selection=data.get("selection", {}),
+                tables=tables,
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotCorrupt(f"manifest.json is unreadable: {exc}") from None
 
