@@ -107,6 +107,41 @@ class SnapshotRepo:
         except ValueError:  # an unborn branch: no snapshot yet
             return None
 
+    def rev(self, spec: str) -> str | None:
+        """The commit id a git revision names, or None."""
+        if spec.startswith("-"):
+            return None
+        try:
+            out = self.repo.git.execute(
+                [
+                    "git",
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    f"{spec}^{{commit}}",
+                ]
+            )
+        except GitCommandError:
+            return None
+        return str(out).strip() or None
+
+    def history(self) -> Iterator[tuple[str, int]]:
+        """(commit, commit time in seconds) along the first-parent line, newest first."""
+        for line in self._git("log", "--first-parent", "--format=%H %ct", "HEAD").splitlines():
+            commit, seconds = line.split()
+            yield commit, int(seconds)
+
+    def log(self) -> Iterator[tuple[str, int, str]]:
+        """(commit, commit time, message) along the first-parent line, newest first."""
+        if self.head() is None:
+            return
+        out = self._git("log", "--first-parent", "--format=%H%x1f%ct%x1f%B%x1e", "HEAD")
+        for record in out.split("\x1e"):
+            if record.strip():
+                commit, seconds, body = record.strip("\n").split("\x1f", 2)
+                yield commit, int(seconds), body
+
     def commit_time(self, rev: str) -> dt.datetime:
         return self._commit(rev).committed_datetime.astimezone(dt.UTC)
 

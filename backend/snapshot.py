@@ -1,0 +1,194 @@
+"""Past snapshots: naming one by date, moment or revision; listing them; reading their rows.
+
+Everything here reads git objects, never the work tree, so an export in
+progress, or a hand-edited file, cannot leak into what a reader sees; every
+data file is checked against the manifest's checksum before it is used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from backend import codec
+from backend.config import format_timestamp, local_zone, parse_timestamp
+from backend.diff import TableChange
+from backend.errors import BadInput, SnapshotCorrupt
+from backend.layout import Manifest, TableEntry, split_rows
+from backend.repo import SnapshotRepo
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d")
+_TRAILER = "jsonsnap-summary: "
+
+RepoLike = str | os.PathLike[str] | SnapshotRepo
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One commit of the snapshot history."""
+
+    commit: str
+    time: dt.datetime
+    subject: str
+    summary: dict[str, TableChange] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "time": format_timestamp(self.time),
+            "subject": self.subject,
+            "summary": {name: change.as_dict() for name, change in self.summary.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A resolved snapshot: its commit, time, manifest and file blob ids."""
+
+    repo: SnapshotRepo
+    commit: str
+    time: dt.datetime
+    manifest: Manifest
+    blobs: dict[str, str]
+
+    def table(self, name: str) -> TableEntry:
+        try:
+            return self.manifest.tables[name]
+        except KeyError:
+            known = ", ".join(sorted(self.manifest.tables)) or "none"
+            raise BadInput(
+                f"unknown table {name!r} in snapshot {self.commit[:10]} (tables: {known})"
+            ) from None
+
+    def encoded_rows(self, entry: TableEntry) -> Iterator[bytes]:
+        """The table's rows as they stand in its files, checked against the manifest."""
+        for data_file in entry.files:
+            data = self.repo.read_blob(self._blob(data_file.path))
+            if hashlib.sha256(data).hexdigest() != data_file.sha256:
+                raise SnapshotCorrupt(
+                    f"{data_file.path} in snapshot {self.commit[:10]} does not match its "
+                    "checksum in manifest.json: the snapshot was edited or damaged"
+                )
+            rows = split_rows(data)
+            if len(rows) != data_file.rows:
+                raise SnapshotCorrupt(
+                    f"{data_file.path} in snapshot {self.commit[:10]} holds {len(rows)} rows, "
+                    f"the manifest says {data_file.rows}"
+                )
+            yield from rows
+
+    def rows(self, entry: TableEntry) -> Iterator[dict[str, Any]]:
+        """The table's rows decoded to the Python types SQLAlchemy returns."""
+        decoders = [
+            (name, dec) for name, kind in entry.kinds().items() if (dec := codec.decoder(kind))
+        ]
+        for raw in self.encoded_rows(entry):
+            row = orjson.loads(raw)
+            for name, dec in decoders:
+                row[name] = dec(row[name])
+            yield row
+
+    def _blob(self, path: str) -> str:
+        try:
+            return self.blobs[path]
+        except KeyError:
+            raise SnapshotCorrupt(
+                f"{path} is listed in the manifest of {self.commit[:10]} but missing from it"
+            ) from None
+
+
+def open_repo(repo: RepoLike) -> SnapshotRepo:
+    return repo if isinstance(repo, SnapshotRepo) else SnapshotRepo.open(Path(repo))
+
+
+def resolve_snapshot(repo: RepoLike, at: str) -> Snapshot:
+    """The snapshot named by a date, an ISO 8601 moment, or a git revision.
+
+    A date (YYYY-MM-DD, in JSONSNAP_TZ or the system's zone) means the last
+    snapshot at or before the end of that day; a moment, the last at or before it.
+    """
+    repository = open_repo(repo)
+    if repository.head() is None:
+        raise BadInput(f"no snapshot yet in {repository.path}")
+    commit = _resolve_commit(repository, at.strip())
+    found = repository.manifest_at(commit)
+    if found is None:
+        raise BadInput(f"{at!r} names commit {commit[:10]}, which holds no snapshot")
+    manifest, blobs = found
+    return Snapshot(repository, commit, repository.commit_time(commit), manifest, blobs)
+
+
+def _resolve_commit(repo: SnapshotRepo, at: str) -> str:
+    if _DATE.match(at):
+        try:
+            day = dt.date.fromisoformat(at)
+        except ValueError:
+            raise BadInput(f"invalid date {at!r}: use YYYY-MM-DD") from None
+        next_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), local_zone())
+        return _last_at_or_before(repo, next_day - dt.timedelta(seconds=1), at)
+    if _MOMENT.match(at):
+        return _last_at_or_before(repo, parse_timestamp(at), at)
+    commit = repo.rev(at)
+    if commit is None:
+        raise BadInput(
+            f"no snapshot named {at!r}: give a date (YYYY-MM-DD), an ISO 8601 time, or a commit"
+        )
+    return commit
+
+
+def _last_at_or_before(repo: SnapshotRepo, moment: dt.datetime, asked: str) -> str:
+    cutoff = int(moment.timestamp())
+    first: tuple[str, int] | None = None
+    for commit, seconds in repo.history():
+        if seconds <= cutoff:
+            return commit
+        first = (commit, seconds)
+    assert first is not None
+    when = dt.datetime.fromtimestamp(first[1], local_zone()).isoformat()
+    raise BadInput(f"no snapshot on or before {asked}; the first is {when}")
+
+
+def load_snapshot(
+    repo: RepoLike, at: str = "HEAD", tables: Sequence[str] = ()
+) -> dict[str, list[dict[str, Any]]]:
+    """Every table (or the chosen ones) of a past snapshot: {table: [rows]}, decoded."""
+    snapshot = resolve_snapshot(repo, at)
+    names = list(tables) or sorted(snapshot.manifest.tables)
+    entries = [snapshot.table(name) for name in names]
+    return {entry.name: list(snapshot.rows(entry)) for entry in entries}
+
+
+def list_snapshots(repo: RepoLike, table: str | None = None) -> list[SnapshotInfo]:
+    """The history, newest first; with `table`, only the snapshots that changed it."""
+    repository = open_repo(repo)
+    infos = [_info(commit, seconds, body) for commit, seconds, body in repository.log()]
+    if table is not None:
+        infos = [info for info in infos if table in info.summary]
+    return infos
+
+
+def _info(commit: str, seconds: int, body: str) -> SnapshotInfo:
+    lines = body.strip().splitlines()
+    summary: dict[str, TableChange] = {}
+    for line in lines:
+        if line.startswith(_TRAILER):
+            try:
+                data = orjson.loads(line.removeprefix(_TRAILER))
+                summary = {name: TableChange(**counts) for name, counts in data.items()}
+            except (orjson.JSONDecodeError, TypeError, AttributeError):
+                summary = {}
+    return SnapshotInfo(
+        commit=commit,
+        time=dt.datetime.fromtimestamp(seconds, dt.UTC),
+        subject=lines[0] if lines else "",
+        summary=summary,
+    )
