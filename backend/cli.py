@@ -7,18 +7,21 @@ prints a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
+import orjson
 
-from backend.config import Settings
+from backend.config import Settings, format_timestamp
 from backend.db import make_engine
 from backend.demo import create_demo
 from backend.errors import BadInput, JsonsnapError
 from backend.export import ExportResult, export_snapshot
 from backend.repo import init_repo
+from backend.snapshot import list_snapshots, resolve_snapshot
 
 
 class _Group(click.Group):
@@ -26,9 +29,14 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BadInput as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            # No context: the message alone, on one line, still with exit code 2.
+            raise click.UsageError(str(exc)) from None
         except JsonsnapError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            # `jsonsnap show ... | head`: the reader left, which is not an error.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the interpreter's final flush
+            sys.exit(0)
         except OSError as exc:
             raise click.ClickException(
                 f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
@@ -185,3 +193,66 @@ def demo(db: str | None, materials: int, force: bool) -> None:
     settings = Settings.resolve(db=db)
     count = create_demo(make_engine(settings.database_url), materials=materials, force=force)
     click.echo(f"demo data written: {count} materials")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+@main.command()
+@_repo_option
+@click.option("--table", metavar="T", help="Only the snapshots that changed this table.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+def log(repo: str | None, table: str | None, as_json: bool) -> None:
+    """List the snapshots, newest first, with the rows added, deleted and changed."""
+    infos = list_snapshots(Settings.resolve(repo=repo).repo_path, table=table)
+    if as_json:
+        click.echo(_dumps([info.as_dict() for info in infos]))
+        return
+    for info in infos:
+        changes = "; ".join(f"{name} {c.describe()}" for name, c in info.summary.items())
+        click.echo(f"{format_timestamp(info.time)}  {info.commit[:10]}  {changes or info.subject}")
+
+
+def _snapshot_spec(date: str | None, commit: str | None) -> str:
+    if (date is None) == (commit is None):
+        raise BadInput("give exactly one of --date and --commit")
+    return date or commit or ""
+
+
+@main.command()
+@_repo_option
+@click.option(
+    "--date", metavar="D", help="YYYY-MM-DD (last snapshot that day) or an ISO 8601 time."
+)
+@click.option("--commit", metavar="C", help="A commit id or git revision.")
+@click.option("--table", metavar="T", help="Print this table's rows.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output, for scripts.")
+def show(
+    repo: str | None, date: str | None, commit: str | None, table: str | None, as_json: bool
+) -> None:
+    """Print a past snapshot: its tables with row counts, or one table's rows."""
+    snapshot = resolve_snapshot(Settings.resolve(repo=repo).repo_path, _snapshot_spec(date, commit))
+    if table is None:
+        counts = {name: entry.rows for name, entry in sorted(snapshot.manifest.tables.items())}
+        if as_json:
+            click.echo(
+                _dumps(
+                    {
+                        "commit": snapshot.commit,
+                        "time": format_timestamp(snapshot.time),
+                        "tables": counts,
+                    }
+                )
+            )
+            return
+        click.echo(f"snapshot {snapshot.commit[:10]} {format_timestamp(snapshot.time)}")
+        for name, count in counts.items():
+            click.echo(f"{count:>10}  {name}")
+        return
+    rows = (orjson.loads(raw) for raw in snapshot.encoded_rows(snapshot.table(table)))
+    if as_json:
+        click.echo(_dumps(list(rows)))
+        return
+    for row in rows:
+        click.echo(orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode())
