@@ -18,10 +18,11 @@ import orjson
 from backend.config import Settings, format_timestamp
 from backend.db import make_engine
 from backend.demo import create_demo
+from backend.diff import describe_diff
 from backend.errors import BadInput, JsonsnapError
 from backend.export import ExportResult, export_snapshot
 from backend.repo import init_repo
-from backend.snapshot import list_snapshots, resolve_snapshot
+from backend.snapshot import diff_snapshots, list_snapshots, resolve_snapshot
 
 
 class _Group(click.Group):
@@ -256,3 +257,34 @@ def show(
         return
     for row in rows:
         click.echo(orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode())
+
+
+@main.command()
+@_db_option
+@_repo_option
+@click.argument("old", metavar="FROM")
+@click.argument("new", metavar="[TO]", default="HEAD")
+@click.option("--table", "tables", multiple=True, metavar="T", help="Only this table (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output, for scripts.")
+def diff(
+    db: str | None,
+    repo: str | None,
+    old: str,
+    new: str,
+    tables: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Row-level differences between two snapshots; `db` names the live database.
+
+    FROM and TO are dates, ISO 8601 times, commits, or `db`; TO defaults to the
+    newest snapshot. `jsonsnap diff HEAD db` is what changed since the last export.
+    """
+    settings = Settings.resolve(db=db, repo=repo)
+    engine = make_engine(settings.database_url) if "db" in (old, new) else None
+    result = diff_snapshots(settings.repo_path, old, new, engine=engine, tables=tables)
+    if as_json:
+        click.echo(_dumps(result.as_dict()))
+        return
+    click.echo(f"from {result.old} to {result.new}")
+    for line in describe_diff(result.tables) or ["no differences"]:
+        click.echo(line)

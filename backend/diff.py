@@ -1,21 +1,25 @@
 """Row-level comparison keyed by primary key.
 
-Used for the per-table summary of every commit message. It compares the raw row
-bytes of the files that changed, never the whole snapshot: rows in an unchanged
-file are unchanged, and a row whose bytes match the other side's is skipped
-without parsing any JSON.
+Used for the per-table summary of every commit message, and for `jsonsnap diff`.
+It compares the raw row bytes of the files that changed, never the whole
+snapshot: rows in an unchanged file are unchanged, and a row whose bytes match
+the other side's is skipped without parsing any JSON.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from itertools import zip_longest
+from typing import Any, Protocol
 
 import orjson
+from deepdiff import DeepDiff
+from deepdiff.helper import NotPresent
 
 from backend.codec import canonical
+from backend.errors import BadInput
 from backend.layout import DataFile, TableEntry, split_rows
 
 ReadFile = Callable[[DataFile], bytes]
@@ -164,3 +168,165 @@ def _key_by(columns: list[str]) -> Callable[[Hashable], Hashable]:
         return canonical([values.get(c) for c in columns])
 
     return key_of
+
+
+# --- row-level diff between two snapshots, or a snapshot and the database ----
+
+
+class Side(Protocol):
+    """One side of a diff: a snapshot, or the live database read the same way."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def tables(self) -> dict[str, TableEntry]: ...
+
+    def encoded_rows(self, entry: TableEntry) -> Iterator[bytes]: ...
+
+
+@dataclass
+class RowDiff:
+    """One changed row: its key, and each changed field as (old, new)."""
+
+    key: dict[str, Any]
+    fields: dict[str, tuple[Any, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        changes = {path: {"old": old, "new": new} for path, (old, new) in self.fields.items()}
+        return {"key": self.key, "changes": changes}
+
+
+@dataclass
+class TableDiff:
+    """Rows added and removed (by key) and rows changed in one table."""
+
+    added: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[RowDiff] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "changed": [row.as_dict() for row in self.changed],
+        }
+
+
+def diff_sides(old: Side, new: Side, tables: Sequence[str] = ()) -> dict[str, TableDiff]:
+    """Row-level differences per table, keyed by primary key, computed with deepdiff.
+
+    Only files whose checksums differ are read. Rows are matched by key, so a
+    row that moved, or a change of key order, is never reported.
+    """
+    names = sorted(set(old.tables) | set(new.tables))
+    for name in tables:
+        if name not in names:
+            raise BadInput(f"unknown table {name!r} (tables: {', '.join(names) or 'none'})")
+    result = {}
+    for name in tables or names:
+        table_diff = _diff_table(old, new, old.tables.get(name), new.tables.get(name))
+        if table_diff:
+            result[name] = table_diff
+    return result
+
+
+def _diff_table(
+    old: Side, new: Side, old_entry: TableEntry | None, new_entry: TableEntry | None
+) -> TableDiff:
+    key_columns = (new_entry or old_entry).primary_key  # type: ignore[union-attr]
+    same = (
+        {(f.path, f.sha256) for f in old_entry.files}
+        & {(f.path, f.sha256) for f in new_entry.files}
+        if old_entry and new_entry
+        else set()
+    )
+    before = _keyed(old, old_entry, same, key_columns)
+    after = _keyed(new, new_entry, same, key_columns)
+    # In file order, which is key order: the diff reads in the order of the table.
+    result = TableDiff(
+        added=[_key_dict(key, key_columns) for key in after if key not in before],
+        removed=[_key_dict(key, key_columns) for key in before if key not in after],
+    )
+    for key, row in after.items():
+        if key in before and before[key] != row:
+            fields = _changed_fields(orjson.loads(before[key]), orjson.loads(row))
+            if fields:
+                result.changed.append(RowDiff(_key_dict(key, key_columns), fields))
+    return result
+
+
+def _keyed(
+    side: Side, entry: TableEntry | None, same: set[tuple[str, str]], key_columns: list[str]
+) -> dict[Hashable, bytes]:
+    """Rows of the files not shared with the other side, by key (or by row and copy number)."""
+    if entry is None:
+        return {}
+    changed = TableEntry(
+        name=entry.name,
+        columns=entry.columns,
+        primary_key=entry.primary_key,
+        foreign_keys=entry.foreign_keys,
+        files=[f for f in entry.files if (f.path, f.sha256) not in same],
+        sharded=entry.sharded,
+    )
+    rows = side.encoded_rows(changed)
+    if key_columns:
+        key_of = _key_by(key_columns)
+        return {key_of(row): row for row in rows}
+    return {numbered: numbered[0] for numbered in _numbered(rows)}
+
+
+def _key_dict(key: Hashable, key_columns: list[str]) -> dict[str, Any]:
+    if key_columns:
+        assert isinstance(key, bytes)
+        return dict(zip(key_columns, orjson.loads(key), strict=True))
+    assert isinstance(key, tuple)
+    row: dict[str, Any] = orjson.loads(key[0])
+    return row
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    tree = DeepDiff(old, new, view="tree", verbose_level=2)
+    fields: dict[str, tuple[Any, Any]] = {}
+    for levels in tree.values():
+        for level in levels:
+            path = ".".join(str(part) for part in level.path(output_format="list"))
+            fields[path] = (_present(level.t1), _present(level.t2))
+    return dict(sorted(fields.items()))
+
+
+def _present(value: Any) -> Any:
+    """deepdiff's marker for 'absent' (a column added or dropped) becomes None."""
+    return None if isinstance(value, NotPresent) else value
+
+
+def describe_diff(diffs: dict[str, TableDiff]) -> list[str]:
+    """The short, human form of a diff: a line per table, then one per row."""
+    lines = []
+    for name, table_diff in diffs.items():
+        counts = TableChange(
+            added=len(table_diff.added),
+            deleted=len(table_diff.removed),
+            changed=len(table_diff.changed),
+        )
+        lines.append(f"{name}: {counts.describe()}")
+        lines += [f"  + {_show_key(key)}" for key in table_diff.added]
+        lines += [f"  - {_show_key(key)}" for key in table_diff.removed]
+        for row in table_diff.changed:
+            changes = ", ".join(
+                f"{path} {_show(old)} → {_show(new)}" for path, (old, new) in row.fields.items()
+            )
+            lines.append(f"  ~ {_show_key(row.key)}: {changes}")
+    return lines
+
+
+def _show_key(key: dict[str, Any]) -> str:
+    return ", ".join(f"{column}={_show(value)}" for column, value in key.items())
+
+
+def _show(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()

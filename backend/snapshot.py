@@ -1,4 +1,4 @@
-"""Past snapshots: naming one by date, moment or revision; listing them; reading their rows.
+"""Past snapshots: naming one by date, moment or revision; listing, reading, comparing them.
 
 Everything here reads git objects, never the work tree, so an export in
 progress, or a hand-edited file, cannot leak into what a reader sees; every
@@ -11,17 +11,21 @@ import datetime as dt
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine
 
 from backend import codec
 from backend.config import format_timestamp, local_zone, parse_timestamp
-from backend.diff import TableChange
+from backend.diff import Side, TableChange, TableDiff, diff_sides
 from backend.errors import BadInput, SnapshotCorrupt
+from backend.export import Selection, read_database
 from backend.layout import Manifest, TableEntry, split_rows
 from backend.repo import SnapshotRepo
 
@@ -59,6 +63,14 @@ class Snapshot:
     time: dt.datetime
     manifest: Manifest
     blobs: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.commit[:10]} ({format_timestamp(self.time)})"
+
+    @property
+    def tables(self) -> dict[str, TableEntry]:
+        return self.manifest.tables
 
     def table(self, name: str) -> TableEntry:
         try:
@@ -192,3 +204,74 @@ def _info(commit: str, seconds: int, body: str) -> SnapshotInfo:
         subject=lines[0] if lines else "",
         summary=summary,
     )
+
+
+class LiveDatabase:
+    """The database as it is now, read by the export path into a scratch folder."""
+
+    label = "db"
+
+    def __init__(self, manifest: Manifest, staged: dict[str, Path]) -> None:
+        self.manifest = manifest
+        self.staged = staged
+
+    @property
+    def tables(self) -> dict[str, TableEntry]:
+        return self.manifest.tables
+
+    def encoded_rows(self, entry: TableEntry) -> Iterator[bytes]:
+        for data_file in entry.files:
+            yield from split_rows(self.staged[data_file.path].read_bytes())
+
+
+@contextmanager
+def read_live(engine: Engine, selection: Selection) -> Iterator[LiveDatabase]:
+    with tempfile.TemporaryDirectory(prefix="jsonsnap-") as scratch:
+        manifest, staged = read_database(engine, Path(scratch), selection)
+        yield LiveDatabase(manifest, staged)
+
+
+@dataclass
+class DiffResult:
+    """What `diff_snapshots` found: the two sides, and the tables that differ."""
+
+    old: str
+    new: str
+    tables: dict[str, TableDiff]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.old,
+            "to": self.new,
+            "tables": {name: diff.as_dict() for name, diff in self.tables.items()},
+        }
+
+
+def diff_snapshots(
+    repo: RepoLike,
+    old: str,
+    new: str = "HEAD",
+    *,
+    engine: Engine | None = None,
+    tables: Sequence[str] = (),
+) -> DiffResult:
+    """Row-level differences between two snapshots; either side may be "db", the live database.
+
+    The database is read exactly as an export would read it (same tables, same
+    excluded columns as the newest snapshot), so `diff HEAD db` shows what the
+    next export would commit.
+    """
+    repository = open_repo(repo)
+    with ExitStack() as stack:
+        sides = [_side(repository, spec, engine, stack) for spec in (old, new)]
+        return DiffResult(sides[0].label, sides[1].label, diff_sides(sides[0], sides[1], tables))
+
+
+def _side(repo: SnapshotRepo, spec: str, engine: Engine | None, stack: ExitStack) -> Side:
+    if spec != "db":
+        return resolve_snapshot(repo, spec)
+    if engine is None:
+        raise BadInput("comparing with 'db' needs a database")
+    head = repo.manifest_at("HEAD") if repo.head() else None
+    selection = Selection.of(head[0]) if head else Selection()
+    return stack.enter_context(read_live(engine, selection))
