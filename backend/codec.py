@@ -14,7 +14,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -309,6 +309,78 @@ def has_text_encoder(kind: str) -> bool:
 def text_encoder(kind: str) -> TextEncoder | None:
     """Database text -> JSON bytes for one kind; None where the text is already JSON."""
     return _TEXT_ENCODERS[kind]
+
+
+# --- to the database's own text input -----------------------------------------
+#
+# The fast write path (PostgreSQL's COPY FROM) takes every value as text. These
+# functions give that text for a snapshot's JSON value; JSON columns come parsed
+# with Decimal numbers (see `parse_row_exact`) so their digits survive.
+
+_RESTORE_JSON = json.JSONDecoder(parse_float=Decimal)
+
+
+def parse_row_exact(raw: bytes) -> dict[str, Any]:
+    """A row whose JSON columns must keep every digit: numbers with a fraction become Decimal."""
+    row: dict[str, Any] = _RESTORE_JSON.decode(raw.decode("utf-8"))
+    return row
+
+
+def _exact_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _db_text_json(value: Any) -> str:
+    return orjson.dumps(value, default=_exact_number).decode("utf-8")
+
+
+def _db_text_float(value: float | Decimal | str) -> str:
+    return value if isinstance(value, str) else repr(float(value))
+
+
+def _db_text_bytes(value: str) -> str:
+    return "\\x" + base64.b64decode(value).hex()
+
+
+def _array_literal(inner: Callable[[Any], str]) -> Callable[[Any], str]:
+    def literal(value: list[Any]) -> str:
+        items = []
+        for item in value:
+            if item is None:
+                items.append("NULL")
+            elif isinstance(item, list):
+                items.append(literal(item))
+            else:
+                text = inner(item).replace("\\", "\\\\").replace('"', '\\"')
+                items.append(f'"{text}"')
+        return "{" + ",".join(items) + "}"
+
+    return literal
+
+
+_DB_TEXT: dict[str, Callable[[Any], str]] = {
+    "integer": str,
+    "boolean": lambda value: "t" if value else "f",
+    "float": _db_text_float,
+    "bytes": _db_text_bytes,
+    "json": _db_text_json,
+}
+
+
+def db_text(kind: str) -> Callable[[Any], str]:
+    """JSON value (never None) -> the database's text input for a column of this kind."""
+    if kind.startswith("array:"):
+        return _array_literal(db_text(kind.removeprefix("array:")))
+    if kind == "any":
+        raise CodecError("SQLite values of no declared type have no text form")
+    return _DB_TEXT.get(kind, str)
+
+
+def needs_exact_parse(kinds: Iterable[str]) -> bool:
+    """Whether a table's rows hold JSON documents, whose numbers need `parse_row_exact`."""
+    return any(kind.removeprefix("array:") == "json" for kind in kinds)
 
 
 # --- decoding ---------------------------------------------------------------

@@ -44,7 +44,7 @@ def parse_url(url: str) -> URL:
     """Parse a database URL, turning SQLAlchemy's error into a masked one-liner."""
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise BadInput(f"invalid database URL {mask_url(url)!r}") from None
 
 
@@ -54,7 +54,7 @@ def mask_url(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # Not parseable: still hide anything that looks like user:password@.
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
@@ -72,7 +72,7 @@ def scrub(text: str, url: str | URL | None) -> str:
 def _try_parse(url: str) -> URL | None:
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None
 
 

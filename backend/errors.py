@@ -33,3 +33,7 @@ class SnapshotCorrupt(JsonsnapError):
 
 class CodecError(JsonsnapError):
     """A value cannot be encoded or decoded without loss."""
+
+
+class RestoreConflict(JsonsnapError):
+    """The snapshot cannot go into the database as it is (a constraint, a missing column)."""

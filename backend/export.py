@@ -129,6 +129,8 @@ def export_snapshot(
     when = parse_timestamp(timestamp)
     selection = Selection(schema, tuple(tables), tuple(exclude_tables), tuple(exclude_columns))
     author_identity()  # a malformed JSONSNAP_AUTHOR is bad input: fail before any work
+    if not (Path(repo_path) / ".git").exists():
+        _check_reachable(engine)  # an unreachable database must not leave an empty repo behind
     repo = SnapshotRepo.open(Path(repo_path), create=True)
     with repo.lock(lock_timeout):
         repo.recover()
@@ -136,6 +138,11 @@ def export_snapshot(
         with repo.staging() as stage:
             manifest, staged = read_database(engine, stage, selection, progress)
             return commit_snapshot(repo, manifest, staged, when=when)
+
+
+def _check_reachable(engine: Engine) -> None:
+    with translate_db_errors(engine), engine.connect():
+        pass
 
 
 def check_time_order(repo: SnapshotRepo, when: dt.datetime) -> None:

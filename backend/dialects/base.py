@@ -1,9 +1,11 @@
 """The dialect interface: what export and restore may ask of a database.
 
-Export and restore never test the dialect themselves: they ask the object
+Export and restore never test the dialect themselves. Export asks the object
 returned by `for_engine` for a consistent read transaction, the expression that
-reads a column without loss, the ordering of keys, and the database's own name
-for each column type.
+reads a column without loss, the ordering of keys, a fast read path, and the
+database's own name for each column type. Restore asks it for a write
+transaction, for constraints out of the way while tables are replaced, for a
+fast load path, and for the sequences to be reset.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ class RowSource:
     table: str
     columns: dict[str, str]  # name -> kind
     primary_key: list[str]
+
+
+@dataclass(frozen=True)
+class RowTarget:
+    """A table to load: the columns to write, with their kinds and the live column types."""
+
+    schema: str | None
+    table: str
+    columns: list[str]
+    kinds: dict[str, str]
+    types: dict[str, Any]  # name -> SQLAlchemy type of the live column
 
 
 class Dialect:
@@ -66,3 +79,37 @@ class Dialect:
 
     def default_schema(self, conn: Connection) -> str | None:
         return None
+
+    def quote(self, conn: Connection, schema: str | None, table: str) -> str:
+        """A table's name, quoted and qualified, for SQL built here."""
+        quote = conn.dialect.identifier_preparer.quote
+        return f"{quote(schema)}.{quote(table)}" if schema else quote(table)
+
+    # --- the write path (restore) ---------------------------------------------
+
+    @contextmanager
+    def write_transaction(self, engine: Engine) -> Iterator[Connection]:
+        """One transaction for the whole restore: committed only if every step worked."""
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    def create_table(self, conn: Connection, ddl: str) -> None:
+        conn.exec_driver_sql(ddl)
+
+    def inline_foreign_keys(self) -> bool:
+        """Whether a created table declares its foreign keys in CREATE TABLE."""
+        return True
+
+    def begin_replace(self, conn: Connection, schema: str | None, tables: list[str]) -> list[str]:
+        """Empty the tables, with constraints out of the way; returns SQL to run at the end."""
+        raise NotImplementedError
+
+    def load(self, conn: Connection, target: RowTarget, rows: Iterator[dict[str, Any]]) -> int:
+        """Insert the snapshot's rows (JSON values) into one table; returns the count."""
+        raise NotImplementedError
+
+    def end_replace(
+        self, conn: Connection, schema: str | None, tables: list[str], pending: list[str]
+    ) -> None:
+        """Put constraints back (checking them) and reset sequences."""
+        raise NotImplementedError

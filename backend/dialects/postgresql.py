@@ -12,7 +12,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
 from backend import codec
-from backend.dialects.base import Dialect, Emit, RowSource
+from backend.dialects.base import Dialect, Emit, RowSource, RowTarget
+from backend.errors import RestoreConflict
 
 # Read as text: psycopg2 turns an interval's months into 30 days, JSON numbers
 # into floats, and 'infinity' dates into year 9999; PostgreSQL's own text keeps
@@ -72,11 +73,7 @@ class PostgresDialect(Dialect):
             return False
         names = sorted(source.columns)
         sink = _CopySink(_RowEncoder(names, source), emit)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.copy_expert(self._copy_sql(conn, source, names), sink)
-        finally:
-            cursor.close()
+        _copy(conn, self._copy_sql(conn, source, names), sink)
         sink.finish()
         return True
 
@@ -95,6 +92,95 @@ class PostgresDialect(Dialect):
             select += f" ORDER BY {', '.join(order)}"
         return f"COPY ({select}) TO STDOUT"
 
+    @contextmanager
+    def write_transaction(self, engine: Engine) -> Iterator[Connection]:
+        with engine.connect() as conn, conn.begin():
+            for setting in ("TIME ZONE 'UTC'", "DateStyle = 'ISO, YMD'"):
+                conn.exec_driver_sql(f"SET LOCAL {setting}")
+            yield conn
+
+    def inline_foreign_keys(self) -> bool:
+        # Tables are loaded with every foreign key dropped; new ones are added
+        # with the others at the end, where all of them are checked at once.
+        return False
+
+    def begin_replace(self, conn: Connection, schema: str | None, tables: list[str]) -> list[str]:
+        """Drop the foreign keys on and into the tables, disable their triggers, truncate.
+
+        Dropping the foreign keys (and adding them back, checked, at the end)
+        is what lets self-references and cycles load in any order, as pg_restore
+        does; DDL is transactional here, so a failure undoes it too.
+        """
+        names = [self.quote(conn, schema, table) for table in tables]
+        foreign_keys = conn.execute(
+            text(
+                "SELECT conname, conrelid::regclass::text, pg_get_constraintdef(oid) "
+                "FROM pg_constraint WHERE contype = 'f' "
+                "AND (conrelid = ANY(CAST(:tables AS regclass[])) "
+                "OR confrelid = ANY(CAST(:tables AS regclass[]))) ORDER BY 2, 1"
+            ),
+            {"tables": names},
+        ).all()
+        quote = conn.dialect.identifier_preparer.quote
+        pending = []
+        for constraint, table, definition in foreign_keys:
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {quote(constraint)}")
+            pending.append(f"ALTER TABLE {table} ADD CONSTRAINT {quote(constraint)} {definition}")
+        for name in names:
+            conn.exec_driver_sql(f"ALTER TABLE {name} DISABLE TRIGGER USER")
+            pending.append(f"ALTER TABLE {name} ENABLE TRIGGER USER")
+        if names:
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(names)}")
+        return pending
+
+    def load(self, conn: Connection, target: RowTarget, rows: Iterator[dict[str, Any]]) -> int:
+        quote = conn.dialect.identifier_preparer.quote
+        columns = ", ".join(quote(c) for c in target.columns)
+        sql = f"COPY {self.quote(conn, target.schema, target.table)} ({columns}) FROM STDIN"
+        reader = _CopyReader(target, rows)
+        _copy(conn, sql, reader, size=_COPY_CHUNK)
+        return reader.count
+
+    def end_replace(
+        self, conn: Connection, schema: str | None, tables: list[str], pending: list[str]
+    ) -> None:
+        driver_error = conn.dialect.loaded_dbapi.Error
+        for statement in pending:
+            try:
+                with conn.begin_nested():
+                    conn.exec_driver_sql(statement)
+            except Exception as exc:
+                orig = getattr(exc, "orig", exc)
+                if not isinstance(orig, driver_error):
+                    raise
+                raise RestoreConflict(_conflict(statement, orig)) from None
+        for table in tables:
+            self._reset_sequences(conn, self.quote(conn, schema, table))
+
+    def _reset_sequences(self, conn: Connection, table: str) -> None:
+        """Point serial and identity sequences past the restored rows."""
+        sequences = conn.execute(
+            text(
+                "SELECT a.attname, pg_get_serial_sequence(:table, a.attname) FROM pg_attribute a "
+                "WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 "
+                "AND NOT a.attisdropped AND pg_get_serial_sequence(:table, a.attname) IS NOT NULL"
+            ),
+            {"table": table},
+        ).all()
+        quote = conn.dialect.identifier_preparer.quote
+        for column, sequence in sequences:
+            top = conn.exec_driver_sql(f"SELECT max({quote(column)}) FROM {table}").scalar()  # noqa: S608
+            if top is None:
+                conn.execute(
+                    text(
+                        "SELECT setval(:seq, s.seqstart, false) FROM pg_sequence s "
+                        "WHERE s.seqrelid = CAST(:seq AS regclass)"
+                    ),
+                    {"seq": sequence},
+                )
+            else:
+                conn.execute(text("SELECT setval(:seq, :top, true)"), {"seq": sequence, "top": top})
+
     def declared_types(self, conn: Connection, schema: str | None, table: str) -> dict[str, str]:
         rows = conn.execute(
             text(
@@ -110,6 +196,27 @@ class PostgresDialect(Dialect):
 
     def default_schema(self, conn: Connection) -> str | None:
         return str(conn.execute(text("SELECT current_schema()")).scalar_one())
+
+
+def _copy(conn: Connection, sql: str, stream: Any, size: int = 8192) -> None:
+    """COPY on the raw psycopg2 cursor, beside SQLAlchemy: so mind its connection.
+
+    If the server went away mid-COPY, SQLAlchemy never saw the error; the
+    connection is invalidated here, or the rollback on the way out would fail
+    on the dead socket and hide the real cause ("connection already closed").
+    """
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(sql, stream, size=size)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        if conn.dialect.is_disconnect(exc, dbapi_connection, cursor):
+            conn.invalidate(exc)
+        raise
+    finally:
+        if not cursor.closed:
+            cursor.close()
 
 
 def _copy_unescape(raw: bytes) -> bytes:
@@ -207,3 +314,50 @@ class _CopySink:
         self._flush()
         if self.pending:
             self.emit([self.encode(self.pending.pop())])
+
+
+def _conflict(statement: str, error: Any) -> str:
+    diag = getattr(error, "diag", None)
+    detail = getattr(diag, "message_detail", None) or ""
+    primary = getattr(diag, "message_primary", None) or str(error).strip().splitlines()[0]
+    what = statement.split(" ADD CONSTRAINT ", 1)[0].removeprefix("ALTER TABLE ")
+    return f"the restored data breaks a constraint on {what}: {primary}" + (
+        f" ({detail})" if detail else ""
+    )
+
+
+_COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+class _CopyReader:
+    """The file object COPY FROM reads: the snapshot's rows, as COPY text, on demand."""
+
+    def __init__(self, target: RowTarget, rows: Iterator[dict[str, Any]]) -> None:
+        self.columns = [(name, codec.db_text(target.kinds[name])) for name in target.columns]
+        self.rows = rows
+        self.buffer = b""
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        lines = []
+        length = len(self.buffer)
+        for row in self.rows:
+            line = "\t".join(
+                "\\N"
+                if (value := row.get(name)) is None
+                else to_text(value).translate(_COPY_TEXT_ESCAPES)
+                for name, to_text in self.columns
+            )
+            encoded = line.encode("utf-8") + b"\n"
+            lines.append(encoded)
+            length += len(encoded)
+            self.count += 1
+            if length >= size > 0:
+                break
+        data = self.buffer + b"".join(lines)
+        cut = size if size > 0 else len(data)
+        self.buffer = data[cut:]
+        return data[:cut]
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
