@@ -15,6 +15,7 @@ from typing import Any
 import click
 import orjson
 
+from backend.codec import dumps_exact
 from backend.config import Settings, format_timestamp
 from backend.db import make_engine
 from backend.demo import create_demo
@@ -22,6 +23,7 @@ from backend.diff import describe_diff
 from backend.errors import BadInput, JsonsnapError
 from backend.export import ExportResult, export_snapshot
 from backend.repo import init_repo
+from backend.restore import RestoreResult, describe_preview, restore_snapshot
 from backend.snapshot import diff_snapshots, list_snapshots, resolve_snapshot
 
 
@@ -197,7 +199,7 @@ def demo(db: str | None, materials: int, force: bool) -> None:
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return dumps_exact(value, orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
 @main.command()
@@ -211,8 +213,9 @@ def log(repo: str | None, table: str | None, as_json: bool) -> None:
         click.echo(_dumps([info.as_dict() for info in infos]))
         return
     for info in infos:
-        changes = "; ".join(f"{name} {c.describe()}" for name, c in info.summary.items())
-        click.echo(f"{format_timestamp(info.time)}  {info.commit[:10]}  {changes or info.subject}")
+        stamp = format_timestamp(info.time)
+        subject = info.subject.removeprefix(f"snapshot {stamp}: ")
+        click.echo(f"{stamp}  {info.commit[:10]}  {subject}")
 
 
 def _snapshot_spec(date: str | None, commit: str | None) -> str:
@@ -288,3 +291,83 @@ def diff(
     click.echo(f"from {result.old} to {result.new}")
     for line in describe_diff(result.tables) or ["no differences"]:
         click.echo(line)
+
+
+@main.command()
+@_db_option
+@_repo_option
+@click.option(
+    "--date", metavar="D", help="YYYY-MM-DD (last snapshot that day) or an ISO 8601 time."
+)
+@click.option("--commit", metavar="C", help="A commit id or git revision.")
+@click.option(
+    "--table", "tables", multiple=True, metavar="T", help="Restore only this table (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change, and stop.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--create-tables", is_flag=True, help="Create tables missing from the database.")
+@click.option(
+    "--ignore-missing-columns",
+    is_flag=True,
+    help="Restore without snapshot columns the database lacks.",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for a running export or restore.",
+)
+def restore(
+    db: str | None,
+    repo: str | None,
+    date: str | None,
+    commit: str | None,
+    tables: tuple[str, ...],
+    dry_run: bool,
+    yes: bool,
+    create_tables: bool,
+    ignore_missing_columns: bool,
+    lock_timeout: float,
+) -> None:
+    """Load a past snapshot back into the database, in one transaction.
+
+    The current state is committed first, so every restore can be undone by
+    another restore; the restored state is committed after.
+    """
+    settings = Settings.resolve(db=db, repo=repo)
+    result = restore_snapshot(
+        make_engine(settings.database_url),
+        settings.repo_path,
+        _snapshot_spec(date, commit),
+        tables=tables,
+        dry_run=dry_run,
+        confirm=lambda preview: _confirm(preview, yes),
+        create_tables=create_tables,
+        ignore_missing_columns=ignore_missing_columns,
+        lock_timeout=lock_timeout,
+    )
+    if dry_run:
+        click.echo("\n".join(describe_preview(result)))
+        click.echo("dry run: nothing changed")
+        return
+    if not result.applied:
+        raise click.ClickException("restore cancelled: nothing changed")
+    loaded = ", ".join(f"{name} {count}" for name, count in result.rows.items())
+    click.echo(f"restored rows: {loaded}")
+    if result.safety_commit:
+        click.echo(f"safety snapshot of the state before: {result.safety_commit[:10]}")
+    if result.restore_commit:
+        click.echo(f"recorded as {result.restore_commit[:10]}")
+    if result.undo:
+        click.echo(f"undo with: jsonsnap restore --commit {result.undo[:10]}")
+
+
+def _confirm(result: RestoreResult, yes: bool) -> bool:
+    click.echo("\n".join(describe_preview(result)))
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise BadInput("no terminal to confirm on: pass --yes to restore, or --dry-run to preview")
+    return click.confirm("Restore the database to this snapshot?", default=False)

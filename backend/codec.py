@@ -317,7 +317,12 @@ def text_encoder(kind: str) -> TextEncoder | None:
 # functions give that text for a snapshot's JSON value; JSON columns come parsed
 # with Decimal numbers (see `parse_row_exact`) so their digits survive.
 
-_RESTORE_JSON = json.JSONDecoder(parse_float=Decimal)
+def _exact_int(text: str) -> int | Decimal:
+    # orjson writes integers up to 64 bits; wider ones travel as Decimal.
+    return int(text) if len(text) < 19 else Decimal(text)
+
+
+_RESTORE_JSON = json.JSONDecoder(parse_float=Decimal, parse_int=_exact_int)
 
 
 def parse_row_exact(raw: bytes) -> dict[str, Any]:
@@ -332,8 +337,13 @@ def _exact_number(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+def dumps_exact(value: Any, option: int = 0) -> str:
+    """JSON text of a value from `parse_row_exact`, numbers with their exact digits."""
+    return orjson.dumps(value, default=_exact_number, option=option).decode("utf-8")
+
+
 def _db_text_json(value: Any) -> str:
-    return orjson.dumps(value, default=_exact_number).decode("utf-8")
+    return dumps_exact(value)
 
 
 def _db_text_float(value: float | Decimal | str) -> str:

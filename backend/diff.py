@@ -18,7 +18,7 @@ import orjson
 from deepdiff import DeepDiff
 from deepdiff.helper import NotPresent
 
-from backend.codec import canonical
+from backend.codec import canonical, dumps_exact, parse_row_exact
 from backend.errors import BadInput
 from backend.layout import DataFile, TableEntry, split_rows
 
@@ -253,7 +253,7 @@ def _diff_table(
     )
     for key, row in after.items():
         if key in before and before[key] != row:
-            fields = _changed_fields(orjson.loads(before[key]), orjson.loads(row))
+            fields = _changed_fields(parse_row_exact(before[key]), parse_row_exact(row))
             if fields:
                 result.changed.append(RowDiff(_key_dict(key, key_columns), fields))
     return result
@@ -329,4 +329,4 @@ def _show_key(key: dict[str, Any]) -> str:
 
 
 def _show(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return dumps_exact(value, orjson.OPT_SORT_KEYS)

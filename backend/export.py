@@ -63,6 +63,9 @@ class Selection:
     tables: Sequence[str] = ()
     exclude_tables: Sequence[str] = ()
     exclude_columns: Sequence[str] = ()
+    #: False: names that do not exist (any more) are skipped, not refused. Restore
+    #: uses it to export the way the last snapshot did, even after tables vanished.
+    strict: bool = True
 
     def to_json(self) -> dict[str, list[str]]:
         """As recorded in the manifest, so a restore can export the same way."""
@@ -231,10 +234,10 @@ def _plan(conn: Connection, dialect: Dialect, selection: Selection) -> list[_Tab
     existing = set(inspector.get_table_names(schema=schema))
     where = f" in schema {schema!r}" if schema else ""
     for name in [*only, *exclude_tables]:
-        if name not in existing:
+        if name not in existing and selection.strict:
             raise BadInput(f"unknown table {name!r}{where}")
-    chosen = sorted((set(only) or existing) - set(exclude_tables))
-    excluded = _excluded_columns(selection.exclude_columns, inspector, schema, existing)
+    chosen = sorted((set(only) & existing if only else existing) - set(exclude_tables))
+    excluded = _excluded_columns(selection, inspector, existing)
     with warnings.catch_warnings():
         # SQLite columns of undeclared types reflect as NullType: read as stored.
         warnings.filterwarnings("ignore", "Did not recognize type", SAWarning)
@@ -255,11 +258,12 @@ def _plan(conn: Connection, dialect: Dialect, selection: Selection) -> list[_Tab
 
 
 def _excluded_columns(
-    specs: Sequence[str], inspector: Any, schema: str | None, existing: set[str]
+    selection: Selection, inspector: Any, existing: set[str]
 ) -> dict[str, list[str]]:
     """TABLE.COLUMN specs by table; either name may itself contain dots."""
     excluded: dict[str, list[str]] = {}
-    for spec in specs:
+    schema = selection.schema
+    for spec in selection.exclude_columns:
         for cut in [i for i, ch in enumerate(spec) if ch == "."]:
             table, col = spec[:cut], spec[cut + 1 :]
             if table in existing and col in {
@@ -268,7 +272,8 @@ def _excluded_columns(
                 excluded.setdefault(table, []).append(col)
                 break
         else:
-            raise BadInput(f"--exclude-column {spec!r} names no TABLE.COLUMN of this database")
+            if selection.strict:
+                raise BadInput(f"--exclude-column {spec!r} names no TABLE.COLUMN of this database")
     return excluded
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, Text, type_coerce
+from sqlalchemy import Engine, Text, insert, type_coerce
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import column as sql_column
+from sqlalchemy.sql import table as sql_table
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
-from backend.dialects.base import Dialect
+from backend import codec
+from backend.dialects.base import Dialect, RowTarget
+from backend.errors import RestoreConflict
+
+_INSERT_BATCH = 1000
 
 
 class SqliteDialect(Dialect):
@@ -34,6 +40,72 @@ class SqliteDialect(Dialect):
         if kind == "json":  # the stored text, with its numbers' exact digits
             return type_coerce(column, Text).label(column.name)
         return column
+
+    @contextmanager
+    def write_transaction(self, engine: Engine) -> Iterator[Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front; deferred foreign keys
+        # are checked at COMMIT, so tables load in any order, cycles included.
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys = ON")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def begin_replace(self, conn: Connection, schema: str | None, tables: list[str]) -> list[str]:
+        for table in tables:
+            conn.exec_driver_sql(f"DELETE FROM {self.quote(conn, schema, table)}")  # noqa: S608
+        return []
+
+    def load(self, conn: Connection, target: RowTarget, rows: Iterator[dict[str, Any]]) -> int:
+        # JSON documents go in as their exact text; everything else as the Python
+        # value SQLAlchemy's type for the live column knows how to store.
+        converters: dict[str, Callable[[Any], Any] | None] = {}
+        types: dict[str, Any] = {}
+        for name in target.columns:
+            kind = target.kinds[name]
+            if codec.needs_exact_parse([kind]):
+                converters[name], types[name] = codec.db_text(kind), Text()
+            else:
+                converters[name], types[name] = codec.decoder(kind), target.types[name]
+        table = sql_table(
+            target.table, *[sql_column(n, types[n]) for n in target.columns], schema=target.schema
+        )
+        statement = insert(table)
+        count = 0
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(
+                {
+                    name: value if value is None or convert is None else convert(value)
+                    for name, convert in converters.items()
+                    for value in (row.get(name),)
+                }
+            )
+            if len(batch) >= _INSERT_BATCH:
+                conn.execute(statement, batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            conn.execute(statement, batch)
+            count += len(batch)
+        return count
+
+    def end_replace(
+        self, conn: Connection, schema: str | None, tables: list[str], pending: list[str]
+    ) -> None:
+        prefix = f"{_quote(schema)}." if schema else ""
+        broken = conn.exec_driver_sql(f"PRAGMA {prefix}foreign_key_check").first()
+        if broken is not None:
+            table, rowid, parent, _ = broken
+            raise RestoreConflict(
+                f"the restored data breaks a foreign key: a row of {table} (rowid {rowid}) "
+                f"refers to a row missing from {parent}"
+            )
 
     def declared_types(self, conn: Connection, schema: str | None, table: str) -> dict[str, str]:
         prefix = f"{_quote(schema)}." if schema else ""
