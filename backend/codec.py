@@ -317,6 +317,7 @@ def text_encoder(kind: str) -> TextEncoder | None:
 # functions give that text for a snapshot's JSON value; JSON columns come parsed
 # with Decimal numbers (see `parse_row_exact`) so their digits survive.
 
+
 def _exact_int(text: str) -> int | Decimal:
     # orjson writes integers up to 64 bits; wider ones travel as Decimal.
     return int(text) if len(text) < 19 else Decimal(text)
