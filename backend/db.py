@@ -26,8 +26,11 @@ def make_engine(url: str) -> Engine:
     if parsed.drivername in ("postgresql", "postgres"):
         # SQLAlchemy 2.1 defaults to psycopg 3; jsonsnap ships psycopg2.
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    connect_args = {}
+    if parsed.drivername == "postgresql+psycopg2" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = 10  # a dead server must fail, not hang a request
     try:
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise BadInput(f"cannot use database URL {mask_url(parsed)}: {exc}") from None
     if engine.dialect.name == "sqlite":
