@@ -16,7 +16,7 @@ import click
 import orjson
 
 from backend.codec import dumps_exact
-from backend.config import Settings, format_timestamp
+from backend.config import Settings, format_timestamp, mask_url
 from backend.db import make_engine
 from backend.demo import create_demo
 from backend.diff import describe_diff
@@ -24,7 +24,9 @@ from backend.errors import BadInput, JsonsnapError
 from backend.export import ExportResult, export_snapshot
 from backend.repo import init_repo
 from backend.restore import RestoreResult, describe_preview, restore_snapshot
+from backend.schedule import cron_line, install, remove
 from backend.snapshot import diff_snapshots, list_snapshots, resolve_snapshot
+from backend.verify import verify_snapshot
 
 
 class _Group(click.Group):
@@ -114,6 +116,7 @@ def init(repo: str | None) -> None:
     metavar="SECONDS",
     help="How long to wait for another export or restore to finish.",
 )
+@click.option("--push", is_flag=True, help="Push to the remote afterwards (see `jsonsnap remote`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary; errors only.")
 def export(
     db: str | None,
@@ -124,6 +127,7 @@ def export(
     exclude_columns: tuple[str, ...],
     timestamp: str | None,
     lock_timeout: float,
+    push: bool,
     quiet: bool,
 ) -> None:
     """Export every table into the snapshot repository; commit only if something changed."""
@@ -140,12 +144,19 @@ def export(
             timestamp=timestamp,
             lock_timeout=lock_timeout,
             progress=bars,
+            push=push,
         )
     finally:
         if bars:
             bars.close()
     if not quiet:
         _report(result)
+    if result.push_error:
+        click.echo(
+            f"warning: {result.push_error}; the snapshot is kept locally "
+            "and the next push carries it",
+            err=True,
+        )
 
 
 def _report(result: ExportResult) -> None:
@@ -371,3 +382,72 @@ def _confirm(result: RestoreResult, yes: bool) -> bool:
     if not sys.stdin.isatty():
         raise BadInput("no terminal to confirm on: pass --yes to restore, or --dry-run to preview")
     return click.confirm("Restore the database to this snapshot?", default=False)
+
+
+@main.group()
+def remote() -> None:
+    """The off-site copy: where `export --push` sends the snapshots."""
+
+
+@remote.command("set")
+@_repo_option
+@click.argument("url")
+def remote_set(repo: str | None, url: str) -> None:
+    """Set the remote (git URL or path) that `export --push` pushes to."""
+    snapshots = init_repo(Settings.resolve(repo=repo).repo_path)
+    snapshots.set_remote(url)
+    click.echo(f"remote set to {mask_url(url)}")
+
+
+@main.command()
+@_db_option
+@_repo_option
+@click.option("--no-db", is_flag=True, help="Check the repository only, not the database.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output, for scripts.")
+def verify(db: str | None, repo: str | None, no_db: bool, as_json: bool) -> None:
+    """Check HEAD against its manifest, run git fsck, and compare with the database.
+
+    Exit codes: 0 all good, 3 the database drifted from HEAD, 4 the repository
+    is corrupt (1 a failure such as an unreachable database, 2 bad input).
+    """
+    settings = Settings.resolve(db=db, repo=repo)
+    engine = None if no_db else make_engine(settings.database_url)
+    report = verify_snapshot(settings.repo_path, engine)
+    if as_json:
+        click.echo(_dumps(report.as_dict()))
+    else:
+        click.echo(f"snapshot {report.commit[:10] if report.commit else '(none)'}: {report.status}")
+        for problem in report.problems:
+            click.echo(f"  corrupt: {problem}")
+        for name, change in report.drift.items():
+            click.echo(f"  drift: {name} {change.describe()}")
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["print", "install", "remove"]))
+@click.option("--at", default="02:00", show_default=True, metavar="HH:MM", help="Time of day.")
+def schedule(action: str, at: str) -> None:
+    """Print, install or remove the daily export's crontab line."""
+    if action == "print":
+        click.echo(cron_line(at))
+    elif action == "install":
+        click.echo(f"installed: {install(at)}")
+    else:
+        click.echo("removed" if remove() else "no jsonsnap line was installed")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def serve(host: str, port: int) -> None:
+    """Run the admin and materials API (needs the `api` extra: FastAPI and uvicorn)."""
+    try:
+        import uvicorn  # noqa: PLC0415 - optional extra, loaded only here
+
+        from backend.main import app  # noqa: PLC0415
+    except ImportError:
+        raise click.ClickException(
+            "the API needs FastAPI and uvicorn: pip install 'jsonsnap[api]'"
+        ) from None
+    uvicorn.run(app, host=host, port=port)

@@ -32,17 +32,28 @@ PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
 COMPACT = orjson.OPT_SORT_KEYS
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# ISO 8601 durations without years or months, as Python writes them ("-P1DT0H0M0S")
+# and as PostgreSQL does, with a sign on any part ("P-1D", "P1DT-2H").
 _DURATION_RE = re.compile(
-    r"^(?P<sign>-)?P(?:(?P<days>\d+)D)?"
-    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+    r"^(?P<sign>-)?P(?:(?P<days>-?\d+)D)?"
+    r"(?:T(?:(?P<hours>-?\d+)H)?(?:(?P<minutes>-?\d+)M)?(?:(?P<seconds>-?\d+(?:\.\d+)?)S)?)?$"
 )
 
 
-def kind_of(sa_type: sqltypes.TypeEngine[Any], unknown: str) -> str:
-    """The codec kind for a reflected column type; `unknown` is the dialect's fallback."""
+def kind_of(
+    sa_type: sqltypes.TypeEngine[Any],
+    unknown: str,
+    extra: tuple[tuple[type[Any], str], ...] = (),
+) -> str:
+    """The codec kind for a reflected column type.
+
+    `unknown` is the dialect's fallback, `extra` its own types that SQLAlchemy's
+    generic hierarchy misses (PostgreSQL's INTERVAL is not an Interval).
+    """
     if isinstance(sa_type, sqltypes.ARRAY):
-        return "array:" + kind_of(sa_type.item_type, unknown)
+        return "array:" + kind_of(sa_type.item_type, unknown, extra)
     checks: tuple[tuple[type[Any], str], ...] = (
+        *extra,
         (sqltypes.Boolean, "boolean"),
         (sqltypes.Integer, "integer"),
         (sqltypes.Float, "float"),  # before Numeric: Float is a Numeric
@@ -74,7 +85,14 @@ def _encode_decimal(value: Decimal) -> str:
 
 
 def _encode_time(value: dt.time | str) -> str:
-    return value if isinstance(value, str) else value.isoformat()
+    return _full_offset(value) if isinstance(value, str) else value.isoformat()
+
+
+def _full_offset(text: str) -> str:
+    """'12:00:00+02' (PostgreSQL's timetz) as ISO 8601's '12:00:00+02:00'."""
+    if len(text) > 3 and text[-3] in "+-" and text[-2:].isdigit():
+        return text + ":00"
+    return text
 
 
 def _encode_float(value: float) -> float | str:
@@ -258,6 +276,10 @@ def _text_timestamp(raw: bytes) -> bytes:
     return b'"' + raw.replace(b" ", b"T", 1) + b'"'
 
 
+def _text_time(raw: bytes) -> bytes:
+    return b'"' + _full_offset(raw.decode("ascii")).encode("ascii") + b'"'
+
+
 def _text_timestamptz(raw: bytes) -> bytes:
     # Read in UTC, so the offset is always a bare "+00": ISO 8601 wants "+00:00".
     if raw.endswith(b" BC") or not raw[:1].isdigit():
@@ -289,7 +311,7 @@ _TEXT_ENCODERS: dict[str, TextEncoder | None] = {
     "datetime": _text_timestamp,
     "datetime_tz": _text_timestamptz,
     "date": _text_quoted,
-    "time": _text_quoted,
+    "time": _text_time,
     "interval": _text_quoted,
     "uuid": _text_quoted,
     "bytes": _text_bytes,
@@ -298,7 +320,7 @@ _TEXT_ENCODERS: dict[str, TextEncoder | None] = {
 
 
 #: Kinds whose database text is the content of their JSON string, as it stands.
-TEXT_QUOTED = frozenset({"decimal", "date", "time", "interval", "uuid"})
+TEXT_QUOTED = frozenset({"decimal", "date", "interval", "uuid"})
 
 
 def has_text_encoder(kind: str) -> bool:
@@ -410,13 +432,11 @@ def _decode_interval(value: str) -> dt.timedelta | str:
     match = _DURATION_RE.match(value)
     if not match:
         return value  # months or years: only the database can hold it exactly
-    whole, _, frac = (match["seconds"] or "0").partition(".")
     delta = dt.timedelta(
         days=int(match["days"] or 0),
         hours=int(match["hours"] or 0),
         minutes=int(match["minutes"] or 0),
-        seconds=int(whole),
-        microseconds=int((frac + "000000")[:6]),
+        microseconds=int(Decimal(match["seconds"] or 0) * 1_000_000),
     )
     return -delta if match["sign"] else delta
 
@@ -458,6 +478,17 @@ def decoder(kind: str) -> Decoder | None:
     except KeyError:
         raise CodecError(f"unknown column kind {kind!r}") from None
     return None if dec is None else _skip_none(dec)
+
+
+def json_default(value: Any) -> Any:
+    """orjson's `default` for decoded rows (API responses): the snapshot's encoding."""
+    if isinstance(value, Decimal):
+        return _encode_decimal(value)
+    if isinstance(value, bytes | memoryview):
+        return _encode_bytes(value)
+    if isinstance(value, dt.timedelta):
+        return _encode_interval(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 # --- rows -------------------------------------------------------------------

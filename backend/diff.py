@@ -86,6 +86,22 @@ def compare_tables(
     return change
 
 
+def compare_manifests(
+    old: dict[str, TableEntry],
+    new: dict[str, TableEntry],
+    read_old: ReadFile,
+    read_new: ReadFile,
+    names: Iterable[str] | None = None,
+) -> dict[str, TableChange]:
+    """The tables that differ (all of both sides, or `names`), with their changes."""
+    summary = {}
+    for name in sorted(set(old) | set(new)) if names is None else names:
+        change = compare_tables(old.get(name), new.get(name), read_old, read_new)
+        if change:
+            summary[name] = change
+    return summary
+
+
 def compare_rows(
     old: Iterable[Hashable], new: Iterable[Hashable], key_of: Callable[[Hashable], Hashable]
 ) -> TableChange:

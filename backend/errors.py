@@ -37,3 +37,7 @@ class CodecError(JsonsnapError):
 
 class RestoreConflict(JsonsnapError):
     """The snapshot cannot go into the database as it is (a constraint, a missing column)."""
+
+
+class ScheduleError(JsonsnapError):
+    """The crontab could not be read or written."""

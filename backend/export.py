@@ -29,8 +29,8 @@ from backend.config import author_identity, format_timestamp, parse_timestamp
 from backend.db import translate_db_errors
 from backend.dialects import Dialect, for_engine
 from backend.dialects.base import RowSource
-from backend.diff import TableChange, compare_tables
-from backend.errors import BadInput
+from backend.diff import TableChange, compare_manifests
+from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
 from backend.writer import ExternalSorter, Row, TableWriter
@@ -49,6 +49,8 @@ class ExportResult:
     timestamp: str
     summary: dict[str, TableChange]
     rows: dict[str, int] = field(default_factory=dict)
+    #: Why the push failed, when one was asked for; the commit is kept locally.
+    push_error: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -121,13 +123,16 @@ def export_snapshot(
     timestamp: str | dt.datetime | None = None,
     lock_timeout: float = 600,
     progress: Progress | None = None,
+    push: bool = False,
 ) -> ExportResult:
     """Export every table (or the chosen ones) into the snapshot repository.
 
     Commits only when the snapshot differs from HEAD, dated `timestamp` (default
     now), with a message that summarises the rows added, deleted and changed.
     Holds the repository lock for the whole run; raises `LockTimeout` if another
-    run keeps it longer than `lock_timeout` seconds.
+    run keeps it longer than `lock_timeout` seconds. With `push`, pushes to the
+    remote afterwards; a failed push is reported in `push_error`, not raised,
+    since the snapshot itself is safe and the next push carries it.
     """
     when = parse_timestamp(timestamp)
     selection = Selection(schema, tuple(tables), tuple(exclude_tables), tuple(exclude_columns))
@@ -138,9 +143,17 @@ def export_snapshot(
     with repo.lock(lock_timeout):
         repo.recover()
         check_time_order(repo, when)
+        if push and repo.remote_url() is None:
+            raise BadInput("--push needs a remote: use `jsonsnap remote set URL`")
         with repo.staging() as stage:
             manifest, staged = read_database(engine, stage, selection, progress)
-            return commit_snapshot(repo, manifest, staged, when=when)
+            result = commit_snapshot(repo, manifest, staged, when=when)
+        if push:
+            try:
+                repo.push()
+            except RepoError as exc:
+                result.push_error = str(exc)
+        return result
 
 
 def _check_reachable(engine: Engine) -> None:
@@ -286,7 +299,7 @@ def _plan_table(
         raise BadInput(f"cannot exclude primary key column {name}.{hidden[0]}")
     declared = dialect.declared_types(conn, schema, name)
     kept = [c for c in table.columns if c["name"] not in excluded]
-    kinds = {c["name"]: codec.kind_of(c["type"], dialect.unknown_kind) for c in kept}
+    kinds = {c["name"]: dialect.kind_of(c["type"]) for c in kept}
     entry = TableEntry(
         name=name,
         columns=[
@@ -412,12 +425,7 @@ def _summarize(
     def read_new(data_file: DataFile) -> bytes:
         return staged[data_file.path].read_bytes()
 
-    summary = {}
-    for name in sorted(set(old_tables) | set(new.tables)):
-        change = compare_tables(old_tables.get(name), new.tables.get(name), read_old, read_new)
-        if change:
-            summary[name] = change
-    return summary
+    return compare_manifests(old_tables, new.tables, read_old, read_new)
 
 
 def _message(title: str, summary: dict[str, TableChange]) -> str:

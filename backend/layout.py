@@ -47,7 +47,7 @@ def table_stem(name: str) -> str:
     plain name, and the hash differs for different names, so two tables never
     share a file, even on case-insensitive file systems.
     """
-    if _PLAIN.match(name) and name not in _WINDOWS_RESERVED:
+    if _PLAIN.fullmatch(name) and name not in _WINDOWS_RESERVED:
         return name
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:60] or "table"
@@ -185,7 +185,7 @@ def split_rows(data: bytes) -> list[bytes]:
     Row objects sit at an indent of two spaces, and JSON strings cannot hold a raw
     newline, so '\\n  },\\n' occurs only between two rows.
     """
-    if data == b"[]\n":
+    if data in (b"[]\n", b"[\n]\n"):
         return []
     if not (data.startswith(b"[\n") and data.endswith(b"\n]\n")):
         raise SnapshotCorrupt("a data file is not a jsonsnap row array")

@@ -110,7 +110,11 @@ class FallbackLoader:
                 table = Table(name, MetaData(), autoload_with=conn)
                 self._tables[name] = table
             statement = select(table).order_by(*table.primary_key.columns)
-            return [dict(row) for row in conn.execute(statement).mappings()]
+            # str(): SQLAlchemy's quoted_name is a str subclass that JSON encoders refuse.
+            return [
+                {str(key): value for key, value in row.items()}
+                for row in conn.execute(statement).mappings()
+            ]
 
     def _engine_or_new(self) -> Engine:
         if self._engine is None:

@@ -25,10 +25,12 @@ from typing import Any, BinaryIO
 import git
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
+from backend.config import mask_url
 from backend.errors import LockTimeout, RepoError
 from backend.layout import MANIFEST, TABLES_DIR, Manifest
 
 _ZERO = "0" * 40
+REMOTE = "origin"
 _OWNED = (MANIFEST, TABLES_DIR)
 
 
@@ -171,6 +173,43 @@ class SnapshotRepo:
             return self.repo.commit(rev)
         except (git.BadName, ValueError):
             raise RepoError(f"no such snapshot revision {rev!r}") from None
+
+    # --- the off-site copy ---------------------------------------------------
+
+    def remote_url(self) -> str | None:
+        try:
+            url = self.repo.git.execute(["git", "remote", "get-url", REMOTE])
+        except GitCommandError:
+            return None
+        return str(url).strip() or None
+
+    def set_remote(self, url: str) -> None:
+        verb = "set-url" if self.remote_url() is not None else "add"
+        self._git("remote", verb, REMOTE, url)
+
+    def push(self, timeout: float = 300) -> None:
+        """Push every snapshot not yet on the remote; never waits for a password."""
+        url = self.remote_url()
+        if url is None:
+            raise RepoError("no remote is set: use `jsonsnap remote set URL`")
+        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+        try:
+            self.repo.git.execute(
+                ["git", "push", "--quiet", REMOTE, "HEAD:refs/heads/main"],
+                env={**os.environ, **env},
+                kill_after_timeout=timeout,
+            )
+        except GitCommandError as exc:
+            raise RepoError(f"push to {mask_url(url)} failed: {_one_line(exc)}") from None
+
+    def fsck(self) -> list[str]:
+        """What `git fsck` finds wrong with the object store; empty when it is sound."""
+        try:
+            self.repo.git.execute(["git", "fsck", "--no-progress", "--no-dangling", "--strict"])
+        except GitCommandError as exc:
+            text = str(exc.stderr or exc.stdout or exc)
+            return [line.strip() for line in text.splitlines() if line.strip()][-5:]
+        return []
 
     # --- writing ------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from backend.config import format_timestamp, parse_timestamp
 from backend.db import translate_db_errors
 from backend.dialects import Dialect, for_engine
 from backend.dialects.base import RowTarget
-from backend.diff import TableChange, compare_tables
+from backend.diff import TableChange, compare_manifests
 from backend.errors import BadInput, RestoreConflict
 from backend.export import Selection, commit_snapshot, read_database
 from backend.layout import DataFile, Manifest, TableEntry
@@ -223,12 +223,8 @@ def _preview(
     def read_snapshot(data_file: DataFile) -> bytes:
         return snapshot.repo.read_blob(snapshot.blobs[data_file.path])
 
-    preview = {}
-    for entry in chosen:
-        change = compare_tables(live.tables.get(entry.name), entry, read_live, read_snapshot)
-        if change:
-            preview[entry.name] = change
-    return preview
+    names = [entry.name for entry in chosen]
+    return compare_manifests(live.tables, snapshot.tables, read_live, read_snapshot, names)
 
 
 def _apply(

@@ -33,7 +33,8 @@ CREATE TABLE suppliers (id integer PRIMARY KEY, name varchar(200) NOT NULL,
     email varchar(200), city varchar(100));
 CREATE TABLE materials (
     id integer PRIMARY KEY, reference varchar(32) UNIQUE NOT NULL, label varchar(300) NOT NULL,
-    section_id integer NOT NULL REFERENCES sections(id), supplier_id integer REFERENCES suppliers(id),
+    section_id integer NOT NULL REFERENCES sections(id),
+    supplier_id integer REFERENCES suppliers(id),
     unit varchar(16) NOT NULL, unit_price numeric(12,2) NOT NULL, quantity numeric(12,3) NOT NULL,
     vat_rate numeric(5,2) NOT NULL, available_from date, updated_at timestamptz NOT NULL,
     attributes jsonb NOT NULL);
@@ -42,7 +43,8 @@ CREATE TABLE material_tags (material_id integer REFERENCES materials(id), tag va
 """
 
 FILL = """
-INSERT INTO sections SELECT i, 'section-' || i, 'Section n°' || i, i * 10 FROM generate_series(1, 8) i;
+INSERT INTO sections SELECT i, 'section-' || i, 'Section n°' || i, i * 10
+    FROM generate_series(1, 8) i;
 INSERT INTO suppliers SELECT i, 'Fournisseur ' || i, 'contact' || i || '@example.fr', 'Besançon'
     FROM generate_series(1, 100) i;
 INSERT INTO materials SELECT i, 'MAT-' || lpad(i::text, 8, '0'),
@@ -150,9 +152,8 @@ def main() -> None:
     )
     print(f"{'run':<24}{'seconds':>10}{'peak MB':>10}{'x pg_dump':>11}")
     for r in results:
-        print(
-            f"{r['label']:<24}{r['seconds']:>10.1f}{r['peak_mb']:>10.0f}{r['seconds'] / base:>11.2f}"
-        )
+        ratio = r["seconds"] / base
+        print(f"{r['label']:<24}{r['seconds']:>10.1f}{r['peak_mb']:>10.0f}{ratio:>11.2f}")
     edit, still = results[3]["seconds"], results[2]["seconds"]
     print(f"\n1% edit export / no-change export: {edit / still:.2f}")
     commits = subprocess.run(

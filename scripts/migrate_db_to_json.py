@@ -18,7 +18,7 @@ def _translate(argv: list[str]) -> list[str]:
     rest = iter(argv)
     for arg in rest:
         if arg == "--output-dir":
-            args += ["--repo", next(rest, "")]
+            args.append("--repo")  # with its value, if any: click refuses a missing one
         elif arg.startswith("--output-dir="):
             args.append("--repo=" + arg.split("=", 1)[1])
         else:

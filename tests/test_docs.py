@@ -11,14 +11,24 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def _commands() -> list[tuple[str, click.Command]]:
-    assert isinstance(main, click.Group)
-    return sorted(main.commands.items())
+def _commands(group: click.Group = main, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every command, subcommands of groups included, by its full name ("remote set")."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((prefix + name, command))
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+    return found
 
 
-@pytest.mark.parametrize(("name", "command"), _commands())
-def test_every_command_is_documented(name, command):
+@pytest.mark.parametrize(("name", "command"), [c for c in _commands() if " " not in c[0]])
+def test_every_command_has_a_section(name, command):
     assert f"### `jsonsnap {name}`" in README
+
+
+@pytest.mark.parametrize(("name", "command"), [c for c in _commands() if " " in c[0]])
+def test_every_subcommand_is_shown(name, command):
+    assert f"jsonsnap {name}" in README
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
+from backend import codec
+
 #: Receives batches of (key, row bytes), in key order.
 Emit = Callable[[list[tuple[bytes, bytes]]], None]
 
@@ -50,6 +52,12 @@ class Dialect:
     name = "generic"
     #: Kind for a column whose type SQLAlchemy does not know.
     unknown_kind = "text"
+    #: The dialect's own column types that SQLAlchemy's generic classes miss.
+    extra_kinds: tuple[tuple[type[Any], str], ...] = ()
+
+    def kind_of(self, sa_type: Any) -> str:
+        """The codec kind of a reflected column type on this database."""
+        return codec.kind_of(sa_type, self.unknown_kind, self.extra_kinds)
 
     @contextmanager
     def read_transaction(self, engine: Engine) -> Iterator[Connection]:

@@ -1,0 +1,319 @@
+import hashlib
+import json
+import re
+
+import pytest
+from conftest import execute, git, run
+
+from backend import codec, layout
+from backend.layout import split_rows, table_stem
+
+STAMPS = [f"2026-11-{day:02d}T02:00:00Z" for day in range(1, 29)]
+SAFE_STEM = re.compile(r"[a-z0-9_]{1,100}|[a-z0-9_]{1,60}~[0-9a-f]{12}")
+
+EDGE_NAMES = [
+    "../x",
+    "a/b",
+    "Odd Name",
+    "Users",
+    "users",
+    "Élève",
+    "eleve",
+    "con",
+    "CON",
+    "com1",
+    "lpt9",
+    "..",
+    ".",
+    "",
+    "a b",
+    "a_b",
+    "a-b",
+    "a.b",
+    "x~1",
+    "~",
+    "/",
+    "\\..\\x",
+    "名前",
+    "a" * 100,
+    "a" * 101,
+    "a" * 101 + "b",
+    "users\x00",
+]
+
+
+@pytest.mark.parametrize("name", EDGE_NAMES)
+def test_stem_is_a_safe_lower_case_file_name(name):
+    stem = table_stem(name)
+    assert SAFE_STEM.fullmatch(stem), stem
+    assert "/" not in stem
+    assert ".." not in stem
+    assert stem == stem.lower()
+
+
+def test_stems_never_collide_even_case_insensitively():
+    stems = [table_stem(name) for name in EDGE_NAMES]
+    assert len({s.casefold() for s in stems}) == len(EDGE_NAMES)
+
+
+@pytest.mark.parametrize("name", ["users", "material_tags", "t1", "_", "a" * 100, "2024_x"])
+def test_plain_lower_case_name_is_kept(name):
+    assert table_stem(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [
+        ("Users", "users~"),
+        ("Odd Name", "odd_name~"),
+        ("Élève", "eleve~"),
+        ("con", "con~"),
+        ("../x", "x~"),
+        ("..", "table~"),
+        ("", "table~"),
+        ("a/b", "a_b~"),
+    ],
+)
+def test_other_names_get_a_readable_slug_and_hash(name, prefix):
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    assert table_stem(name) == prefix + digest
+
+
+def test_stem_of_name_with_trailing_newline_is_hashed():
+    assert table_stem("users\n") == "users~" + hashlib.sha256(b"users\n").hexdigest()[:12]
+
+
+def quote(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def paths_outside(root, repo):
+    return {p for p in root.rglob("*") if repo not in p.parents and p != repo}
+
+
+def test_odd_table_names_stay_inside_tables_folder(db_url, tmp_path, repo_path):
+    names = ["../x", "a/b", "Odd Name", "UPPER", "Élève", "con", "..", "a b", "a_b"]
+    if db_url.startswith("postgresql"):
+        names.append("upper")  # SQLite table names are case-insensitive
+    execute(
+        db_url,
+        *[f"CREATE TABLE {quote(n)} (id int PRIMARY KEY, v varchar(20))" for n in names],
+        *[f"INSERT INTO {quote(n)} VALUES (1, '{n}')" for n in names],
+    )
+    before = paths_outside(tmp_path, repo_path)
+    result = run("export", "--db", db_url, "--repo", str(repo_path), "--timestamp", STAMPS[0])
+    assert result.exit_code == 0, result.output
+    assert paths_outside(tmp_path, repo_path) == before
+    top = sorted(p.name for p in repo_path.iterdir())
+    assert top == [".git", "README.md", "manifest.json", "tables"]
+    written = sorted(p.name for p in (repo_path / "tables").iterdir())
+    assert all((repo_path / "tables" / f).is_file() for f in written)
+    manifest = json.loads((repo_path / "manifest.json").read_bytes())
+    files = {name: entry["file"] for name, entry in manifest["tables"].items()}
+    assert files == {n: f"tables/{table_stem(n)}.json" for n in names}
+    assert sorted(f.removeprefix("tables/") for f in files.values()) == written
+    assert files["a_b"] == "tables/a_b.json"
+    assert files["UPPER"].startswith("tables/upper~")
+    for name, path in files.items():
+        assert json.loads((repo_path / path).read_bytes()) == [{"id": 1, "v": name}]
+    assert git(repo_path, "ls-files").splitlines() == sorted(
+        ["README.md", "manifest.json", *files.values()]
+    )
+
+
+def rebuild(rows):
+    return b"[\n" + b",\n".join(rows) + b"\n]\n"
+
+
+def test_split_rows_gives_back_each_row_exactly(sqlite_url, repo_path):
+    execute(
+        sqlite_url,
+        "CREATE TABLE t (id int PRIMARY KEY, v varchar(40), j json)",
+        """INSERT INTO t VALUES (1, 'a\n  },\n  {', '{"o": {"p": [{"q": 1}, {}]}}'),"""
+        """ (2, '}', '[{"x": {}}]'), (3, NULL, NULL)""",
+    )
+    assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
+    data = (repo_path / "tables" / "t.json").read_bytes()
+    rows = split_rows(data)
+    assert rebuild(rows) == data
+    assert rows == [codec.pretty_row(row) for row in json.loads(data)]
+    assert [json.loads(row) for row in rows] == [
+        {"id": 1, "j": {"o": {"p": [{"q": 1}, {}]}}, "v": "a\n  },\n  {"},
+        {"id": 2, "j": [{"x": {}}], "v": "}"},
+        {"id": 3, "j": None, "v": None},
+    ]
+
+
+def test_split_rows_of_one_row_file(sqlite_url, repo_path):
+    execute(sqlite_url, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (7)")
+    assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
+    data = (repo_path / "tables" / "t.json").read_bytes()
+    assert data == b'[\n  {\n    "id": 7\n  }\n]\n'
+    assert split_rows(data) == [b'  {\n    "id": 7\n  }']
+
+
+def test_split_rows_of_an_empty_table_file_is_empty(sqlite_url, repo_path):
+    execute(sqlite_url, "CREATE TABLE t (id int PRIMARY KEY)")
+    assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
+    assert split_rows((repo_path / "tables" / "t.json").read_bytes()) == []
+
+
+# --- shards -------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    monkeypatch.setattr(layout, "SHARD_MIN_ROWS", 20)
+    monkeypatch.setattr(layout, "SHARD_MEAN_ROWS", 8)
+
+
+def is_cut(key):
+    return layout.cut_name(codec.canonical([key])) is not None
+
+
+def expected_shards(ids):
+    groups = []
+    for key in sorted(ids):
+        name = layout.cut_name(codec.canonical([key]))
+        if name or not groups:
+            groups.append((f"tables/t/{name or 'first'}.json", []))
+        groups[-1][1].append(key)
+    return groups
+
+
+def shard_of(ids, key):
+    return next(path for path, keys in expected_shards(ids) if key in keys)
+
+
+class Db:
+    def __init__(self, url, repo):
+        self.url, self.repo, self.exports = url, repo, 0
+
+    def export(self):
+        stamp = STAMPS[self.exports]
+        self.exports += 1
+        return run("export", "--db", self.url, "--repo", str(self.repo), "--timestamp", stamp)
+
+    def manifest(self):
+        return json.loads((self.repo / "manifest.json").read_bytes())["tables"]["t"]
+
+    def changed_files(self):
+        return git(self.repo, "diff", "--name-only", "HEAD~1", "--", "tables").splitlines()
+
+
+@pytest.fixture
+def sharded(db_url, repo_path, small_shards):
+    ids = list(range(2, 122, 2))  # 60 rows, gaps for inserts
+    execute(
+        db_url,
+        "CREATE TABLE t (id int PRIMARY KEY, v varchar(20))",
+        "INSERT INTO t VALUES " + ", ".join(f"({i}, 'row {i}')" for i in ids),
+    )
+    db = Db(db_url, repo_path)
+    assert db.export().exit_code == 0
+    return db, ids
+
+
+def test_large_table_is_split_into_shards_in_key_order(sharded):
+    db, ids = sharded
+    entry = db.manifest()
+    groups = expected_shards(ids)
+    assert len(groups) > 3
+    assert "file" not in entry
+    assert "sha256" not in entry
+    assert entry["rows"] == 60
+    assert [s["file"] for s in entry["shards"]] == [path for path, _ in groups]
+    for shard, (path, keys) in zip(entry["shards"], groups, strict=True):
+        data = (db.repo / path).read_bytes()
+        assert shard["rows"] == len(keys)
+        assert shard["sha256"] == hashlib.sha256(data).hexdigest()
+        assert [r["id"] for r in json.loads(data)] == keys
+    on_disk = sorted(f"tables/t/{p.name}" for p in (db.repo / "tables" / "t").iterdir())
+    assert on_disk == sorted(path for path, _ in groups)
+    assert not (db.repo / "tables" / "t.json").exists()
+    rows = [r for s in entry["shards"] for r in json.loads((db.repo / s["file"]).read_bytes())]
+    assert rows == [{"id": i, "v": f"row {i}"} for i in ids]
+
+
+def test_inserting_a_row_changes_only_its_shard(sharded):
+    db, ids = sharded
+    key = next(k for k in range(61, 121, 2) if not is_cut(k))
+    execute(db.url, f"INSERT INTO t VALUES ({key}, 'new')")
+    result = db.export()
+    assert result.exit_code == 0, result.output
+    assert db.changed_files() == [shard_of([*ids, key], key)]
+    assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t +1\n"
+
+
+def test_inserting_a_cut_row_changes_two_shards(sharded):
+    db, ids = sharded
+    key = next(k for k in range(41, 121, 2) if is_cut(k))
+    execute(db.url, f"INSERT INTO t VALUES ({key}, 'new')")
+    assert db.export().exit_code == 0
+    new_ids = [*ids, key]
+    assert db.changed_files() == sorted({shard_of(ids, key - 1), shard_of(new_ids, key)})
+    assert shard_of(new_ids, key) == f"tables/t/{layout.cut_name(codec.canonical([key]))}.json"
+
+
+def test_deleting_a_row_changes_only_its_shard(sharded):
+    db, ids = sharded
+    key = next(k for k in ids[30:] if not is_cut(k))
+    execute(db.url, f"DELETE FROM t WHERE id = {key}")
+    result = db.export()
+    assert result.exit_code == 0, result.output
+    assert db.changed_files() == [shard_of(ids, key)]
+    assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t -1\n"
+
+
+def test_deleting_a_cut_row_merges_two_shards(sharded):
+    db, ids = sharded
+    key = next(k for k in ids[10:] if is_cut(k))
+    execute(db.url, f"DELETE FROM t WHERE id = {key}")
+    assert db.export().exit_code == 0
+    assert db.changed_files() == sorted({shard_of(ids, key - 2), shard_of(ids, key)})
+    assert not (db.repo / shard_of(ids, key)).exists()
+
+
+def test_changing_a_row_changes_only_its_shard(sharded):
+    db, ids = sharded
+    execute(db.url, "UPDATE t SET v = 'changed' WHERE id = 60")
+    result = db.export()
+    assert result.exit_code == 0, result.output
+    assert db.changed_files() == [shard_of(ids, 60)]
+    assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t ~1\n"
+
+
+def test_table_shrinking_under_threshold_goes_back_to_single_file(sharded):
+    db, _ = sharded
+    execute(db.url, "DELETE FROM t WHERE id > 40")
+    result = db.export()
+    assert result.exit_code == 0, result.output
+    entry = db.manifest()
+    assert "shards" not in entry
+    assert entry["file"] == "tables/t.json"
+    assert entry["rows"] == 20
+    data = (db.repo / "tables" / "t.json").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [r["id"] for r in json.loads(data)] == list(range(2, 42, 2))
+    assert not (db.repo / "tables" / "t").exists()
+    assert git(db.repo, "ls-files", "tables").splitlines() == ["tables/t.json"]
+    assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t -40\n"
+
+
+def test_table_growing_over_threshold_counts_only_new_rows(db_url, repo_path, small_shards):
+    execute(
+        db_url,
+        "CREATE TABLE t (id int PRIMARY KEY, v varchar(20))",
+        "INSERT INTO t VALUES " + ", ".join(f"({i}, 'row {i}')" for i in range(1, 21)),
+    )
+    db = Db(db_url, repo_path)
+    assert db.export().exit_code == 0
+    assert db.manifest()["file"] == "tables/t.json"
+    execute(db_url, "INSERT INTO t VALUES (21, 'row 21')")
+    result = db.export()
+    assert result.exit_code == 0, result.output
+    assert [s["file"] for s in db.manifest()["shards"]] == [
+        p for p, _ in expected_shards(range(1, 22))
+    ]
+    subject = git(repo_path, "log", "-1", "--format=%s")
+    assert subject == f"snapshot {STAMPS[1]}: t +1\n"
