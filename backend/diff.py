@@ -23,6 +23,8 @@ from backend.errors import BadInput
 from backend.layout import DataFile, TableEntry, split_rows
 
 ReadFile = Callable[[DataFile], bytes]
+#: Key kinds whose values sort in Python exactly as in the data files.
+_ORDERED_KINDS = frozenset({"integer", "string"})
 
 
 @dataclass
@@ -68,21 +70,59 @@ def compare_tables(
     if new is None:
         return TableChange(deleted=old.rows, note="dropped")
     same = {(f.path, f.sha256) for f in old.files} & {(f.path, f.sha256) for f in new.files}
-    old_rows = [f for f in old.files if (f.path, f.sha256) not in same]
-    new_rows = [f for f in new.files if (f.path, f.sha256) not in same]
-    key_columns = new.primary_key
-    if key_columns:
-        change = compare_rows(
-            _read_all(old_rows, read_old), _read_all(new_rows, read_new), _key_by(key_columns)
-        )
-    else:
-        change = compare_rows(
-            _numbered(_read_all(old_rows, read_old)),
-            _numbered(_read_all(new_rows, read_new)),
-            lambda row: row,
-        )
+    old_files = [f for f in old.files if (f.path, f.sha256) not in same]
+    new_files = [f for f in new.files if (f.path, f.sha256) not in same]
+    change = _compare_files(old_files, new_files, read_old, read_new, new)
     if old.columns != new.columns or old.primary_key != new.primary_key:
         change.note = "schema changed"
+    return change
+
+
+def _compare_files(
+    old_files: list[DataFile],
+    new_files: list[DataFile],
+    read_old: ReadFile,
+    read_new: ReadFile,
+    new: TableEntry,
+) -> TableChange:
+    if not old_files or not new_files:  # a side with nothing changed: no row to read
+        return TableChange(
+            added=sum(f.rows for f in new_files), deleted=sum(f.rows for f in old_files)
+        )
+    old_rows, new_rows = _read_all(old_files, read_old), _read_all(new_files, read_new)
+    if not new.primary_key:  # sorted by their bytes: bytes order is file order
+        return merge_rows(_numbered(old_rows), _numbered(new_rows), lambda row: row)
+    kinds = new.kinds()
+    if all(kinds.get(column) in _ORDERED_KINDS for column in new.primary_key):
+        return merge_rows(old_rows, new_rows, _key_values(new.primary_key))
+    return compare_rows(old_rows, new_rows, _key_by(new.primary_key))
+
+
+def merge_rows(old: Iterable[Any], new: Iterable[Any], key_of: Callable[[Any], Any]) -> TableChange:
+    """Count added, deleted and changed rows of two streams sorted by `key_of`: O(1) memory.
+
+    Only for keys whose Python order is the files' order: integers, and text,
+    which both databases sort by code point (PostgreSQL with COLLATE "C").
+    """
+    change = TableChange()
+    old_it, new_it = iter(old), iter(new)
+    old_row, new_row = next(old_it, None), next(new_it, None)
+    while old_row is not None and new_row is not None:
+        if old_row == new_row:  # the common case, decided without parsing
+            old_row, new_row = next(old_it, None), next(new_it, None)
+            continue
+        old_key, new_key = key_of(old_row), key_of(new_row)
+        if old_key == new_key:
+            change.changed += 1
+            old_row, new_row = next(old_it, None), next(new_it, None)
+        elif old_key < new_key:
+            change.deleted += 1
+            old_row = next(old_it, None)
+        else:
+            change.added += 1
+            new_row = next(new_it, None)
+    change.deleted += (old_row is not None) + sum(1 for _ in old_it)
+    change.added += (new_row is not None) + sum(1 for _ in new_it)
     return change
 
 
@@ -107,10 +147,12 @@ def compare_rows(
 ) -> TableChange:
     """Count added, deleted and changed rows of two streams in the same key order.
 
+    For keys Python cannot order as the database does (decimals, dates...).
     Both streams come sorted the same way, so walking them side by side keeps
-    in memory only the rows not yet matched. Once a key is found on both sides,
-    every row still pending on either side before it can never match (it would
-    break the shared order), so it is counted and dropped.
+    in memory only the rows not yet matched, as a hash of their bytes. Once a
+    key is found on both sides, every row still pending on either side before
+    it can never match (it would break the shared order), so it is counted and
+    dropped.
     """
     change = TableChange()
     pending_old: OrderedDict[Hashable, Hashable] = OrderedDict()
@@ -123,9 +165,9 @@ def compare_rows(
             pending_new.clear()
             continue
         if old_row is not None:
-            _place(old_row, key_of(old_row), pending_old, pending_new, change, side="old")
+            _place(hash(old_row), key_of(old_row), pending_old, pending_new, change, side="old")
         if new_row is not None:
-            _place(new_row, key_of(new_row), pending_new, pending_old, change, side="new")
+            _place(hash(new_row), key_of(new_row), pending_new, pending_old, change, side="new")
     change.deleted += len(pending_old)
     change.added += len(pending_new)
     return change
@@ -177,11 +219,20 @@ def _numbered(rows: Iterator[bytes]) -> Iterator[tuple[bytes, int]]:
         yield row, count
 
 
-def _key_by(columns: list[str]) -> Callable[[Hashable], Hashable]:
-    def key_of(row: Hashable) -> Hashable:
-        assert isinstance(row, bytes)
+def _key_values(columns: list[str]) -> Callable[[Any], list[Any]]:
+    def key_of(row: Any) -> list[Any]:
         values = orjson.loads(row)
-        return canonical([values.get(c) for c in columns])
+        return [values.get(c) for c in columns]
+
+    return key_of
+
+
+def _key_by(columns: list[str]) -> Callable[[Hashable], Hashable]:
+    """The key as canonical bytes: hashable, for dictionaries."""
+    values_of = _key_values(columns)
+
+    def key_of(row: Hashable) -> Hashable:
+        return canonical(values_of(row))
 
     return key_of
 

@@ -5,8 +5,11 @@ Builds a database of N materials (and about 2N tags), then measures, each in
 its own process so peak memory is that run's alone:
   - pg_dump --data-only (the baseline),
   - a full export, a re-export with nothing changed, an export after editing
-    1% of the materials, and `git diff HEAD~1` of that last commit.
-Prints wall time, peak RSS and the ratio of each export to pg_dump.
+    1% of the materials, and `git diff HEAD~1` of that last commit;
+  - psql loading the pg_dump output into an empty copy of the schema, against
+    `jsonsnap restore` of the last snapshot into another one;
+  - resolving a date in a history of 3,650 daily snapshots.
+Prints wall time, peak RSS and the ratios.
 
     .venv/bin/python scripts/bench.py --rows 1000000
 """
@@ -72,13 +75,17 @@ def measure(label: str, argv: list[str], env: dict[str, str], stdout: int | None
     return {"label": label, "seconds": wall, "peak_mb": usage.ru_maxrss / 1024}
 
 
-def build(server: str, name: str, rows: int) -> str:
+def create_database(server: str, name: str) -> sa.Engine:
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(server).set(database=name)
-    engine = sa.create_engine(url)
+    admin.dispose()
+    return sa.create_engine(sa.make_url(server).set(database=name))
+
+
+def build(server: str, name: str, rows: int) -> str:
+    engine = create_database(server, name)
     with engine.begin() as conn:
         conn.exec_driver_sql(SCHEMA)
         for statement in FILL.strip().split(";\n"):
@@ -86,7 +93,100 @@ def build(server: str, name: str, rows: int) -> str:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
     engine.dispose()
-    return url.render_as_string(hide_password=False)
+    return engine.url.render_as_string(hide_password=False)
+
+
+def empty_copy(server: str, name: str) -> str:
+    """A database with the benchmark's schema and no rows: what a restore loads into."""
+    engine = create_database(server, name)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SCHEMA)
+    engine.dispose()
+    return engine.url.render_as_string(hide_password=False)
+
+
+def psql_args(url: str) -> list[str]:
+    pg = sa.make_url(url)
+    host, port = pg.host or "127.0.0.1", str(pg.port or 5432)
+    return ["-h", host, "-p", port, "-U", pg.username or "postgres", pg.database or ""]
+
+
+def run_exports(url: str, repo: Path, dump_file: Path) -> list[dict]:
+    env = {**os.environ, "DATABASE_URL": url, "JSONSNAP_REPO": str(repo)}
+    results = []
+    with dump_file.open("wb") as out:
+        dump = ["pg_dump", "--data-only", *psql_args(url)]
+        results.append(measure("pg_dump --data-only", dump, env, stdout=out.fileno()))
+    export = [JSONSNAP, "export", "--quiet"]
+    for label, day in (("full export", "01"), ("no-change re-export", "02")):
+        results.append(measure(label, [*export, "--timestamp", f"2026-11-{day}T02:00:00Z"], env))
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE materials SET unit_price = unit_price + 1 WHERE id % 100 = 0"))
+    engine.dispose()
+    edited = [*export, "--timestamp", "2026-11-03T02:00:00Z"]
+    results.append(measure("export after 1% edits", edited, env))
+    results.append(measure("git diff HEAD~1", ["git", "-C", str(repo), "diff", "HEAD~1"], env))
+    return results
+
+
+def run_restores(server: str, repo: Path, dump_file: Path) -> list[dict]:
+    """psql loading the pg_dump output, against jsonsnap restore, into empty databases."""
+    psql_target = empty_copy(server, "jsonsnap_bench_psql")
+    load = ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(dump_file), *psql_args(psql_target)]
+    results = [measure("psql < pg_dump output", load, dict(os.environ))]
+    target = empty_copy(server, "jsonsnap_bench_restore")
+    env = {**os.environ, "DATABASE_URL": target, "JSONSNAP_REPO": str(repo)}
+    restore = [JSONSNAP, "restore", "--commit", "HEAD", "--yes"]
+    results.append(measure("jsonsnap restore", restore, env))
+    return results
+
+
+def time_date_resolution(workdir: Path) -> float:
+    """Seconds to resolve a date in a history of 3,650 daily snapshots."""
+    from backend.snapshot import resolve_snapshot  # noqa: PLC0415 - after sys.path is set
+
+    repo = workdir / "ten-years"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    manifest = b'{"dialect": "sqlite", "format": 1, "schema": null, "tables": {}}\n'
+    stream = [b"blob\nmark :1\ndata %d\n%s\n" % (len(manifest), manifest)]
+    first = 1_600_000_000
+    for day in range(3650):
+        stream.append(b"commit refs/heads/main\nmark :%d\n" % (day + 2))
+        stream.append(b"committer b <b@b> %d +0000\ndata 3\nday\n" % (first + day * 86400))
+        if day:
+            stream.append(b"from :%d\n" % (day + 1))
+        stream.append(b"M 100644 :1 manifest.json\n\n")
+    fast_import = ["git", "-C", str(repo), "fast-import", "--quiet"]
+    subprocess.run(fast_import, input=b"".join(stream), check=True)
+    began = time.perf_counter()
+    resolve_snapshot(repo, "2021-06-15")
+    return time.perf_counter() - began
+
+
+def report(rows: int, exports: list[dict], restores: list[dict], repo: Path, dump: Path) -> None:
+    base = exports[0]["seconds"]
+    size = sum(p.stat().st_size for p in (repo / "tables").rglob("*.json"))
+    print(
+        f"\n{rows:,} materials; snapshot {size / 2**20:,.0f} MiB of JSON; "
+        f"pg_dump {dump.stat().st_size / 2**20:,.0f} MiB"
+    )
+    print(f"{'run':<26}{'seconds':>10}{'peak MB':>10}{'ratio':>9}")
+    for r in exports:
+        line = f"{r['label']:<26}{r['seconds']:>10.1f}{r['peak_mb']:>10.0f}"
+        print(line + f"{r['seconds'] / base:>9.2f}  (x pg_dump)")
+    for r in restores:
+        line = f"{r['label']:<26}{r['seconds']:>10.1f}{r['peak_mb']:>10.0f}"
+        print(line + f"{r['seconds'] / restores[0]['seconds']:>9.2f}  (x psql load)")
+    still, edit = exports[2]["seconds"], exports[3]["seconds"]
+    print(f"\n1% edit export / no-change export: {edit / still:.2f}")
+    commits = subprocess.run(
+        ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(f"commits after the three exports and the restore: {commits}")
 
 
 def main() -> None:
@@ -99,70 +199,21 @@ def main() -> None:
         ),
     )
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-work")
+    parser.add_argument("--skip-restore", action="store_true", help="exports only")
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
 
     print(f"building {args.rows:,} materials ...", flush=True)
     url = build(args.server, "jsonsnap_bench", args.rows)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
-    repo = args.workdir / "snapshots"
-    env = {**os.environ, "DATABASE_URL": url, "JSONSNAP_REPO": str(repo)}
-    pg = sa.make_url(url)
-    dump_file = args.workdir / "dump.sql"
-
-    results = []
-    with dump_file.open("wb") as out:
-        results.append(
-            measure(
-                "pg_dump --data-only",
-                [
-                    "pg_dump",
-                    "--data-only",
-                    "-h",
-                    pg.host or "127.0.0.1",
-                    "-p",
-                    str(pg.port or 5432),
-                    "-U",
-                    pg.username or "postgres",
-                    pg.database or "",
-                ],
-                env,
-                stdout=out.fileno(),
-            )
-        )
-    export = [JSONSNAP, "export", "--quiet"]
-    results.append(measure("full export", [*export, "--timestamp", "2026-11-01T02:00:00Z"], env))
-    results.append(
-        measure("no-change re-export", [*export, "--timestamp", "2026-11-02T02:00:00Z"], env)
-    )
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE materials SET unit_price = unit_price + 1 WHERE id % 100 = 0"))
-    engine.dispose()
-    results.append(
-        measure("export after 1% edits", [*export, "--timestamp", "2026-11-03T02:00:00Z"], env)
-    )
-    results.append(measure("git diff HEAD~1", ["git", "-C", str(repo), "diff", "HEAD~1"], env))
-
-    base = results[0]["seconds"]
-    size = sum(p.stat().st_size for p in (repo / "tables").rglob("*.json"))
+    repo, dump = args.workdir / "snapshots", args.workdir / "dump.sql"
+    exports = run_exports(url, repo, dump)
+    restores = [] if args.skip_restore else run_restores(args.server, repo, dump)
+    report(args.rows, exports, restores, repo, dump)
     print(
-        f"\n{args.rows:,} materials; snapshot {size / 2**20:,.0f} MiB of JSON; "
-        f"pg_dump {dump_file.stat().st_size / 2**20:,.0f} MiB"
+        f"resolving a date among 3,650 daily snapshots: {time_date_resolution(args.workdir):.3f} s"
     )
-    print(f"{'run':<24}{'seconds':>10}{'peak MB':>10}{'x pg_dump':>11}")
-    for r in results:
-        ratio = r["seconds"] / base
-        print(f"{r['label']:<24}{r['seconds']:>10.1f}{r['peak_mb']:>10.0f}{ratio:>11.2f}")
-    edit, still = results[3]["seconds"], results[2]["seconds"]
-    print(f"\n1% edit export / no-change export: {edit / still:.2f}")
-    commits = subprocess.run(
-        ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    print(f"commits: {commits} (the no-change re-export must not add one)")
 
 
 if __name__ == "__main__":
