@@ -68,6 +68,17 @@ def _repo_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _lock_timeout_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--lock-timeout",
+        type=click.FloatRange(min=0),
+        default=600,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for a running export or restore to finish.",
+    )(func)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="jsonsnap")
 def main() -> None:
@@ -108,14 +119,7 @@ def init(repo: str | None) -> None:
     help="Leave this column out of the snapshot, e.g. for secrets (repeatable).",
 )
 @click.option("--timestamp", metavar="ISO8601", help="Snapshot time, for backfills; default now.")
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=600,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for another export or restore to finish.",
-)
+@_lock_timeout_option
 @click.option("--push", is_flag=True, help="Push to the remote afterwards (see `jsonsnap remote`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary; errors only.")
 def export(
@@ -322,14 +326,7 @@ def diff(
     is_flag=True,
     help="Restore without snapshot columns the database lacks.",
 )
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=600,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for a running export or restore.",
-)
+@_lock_timeout_option
 def restore(
     db: str | None,
     repo: str | None,
