@@ -43,18 +43,22 @@ class SqliteDialect(Dialect):
 
     @contextmanager
     def write_transaction(self, engine: Engine) -> Iterator[Connection]:
-        # BEGIN IMMEDIATE takes the write lock up front; deferred foreign keys
-        # are checked at COMMIT, so tables load in any order, cycles included.
+        # Foreign keys off for the load: with them on, DELETE would cascade into
+        # tables that are not being restored. They are checked explicitly before
+        # COMMIT instead (end_replace), so tables load in any order, cycles included.
+        # BEGIN IMMEDIATE takes the write lock up front.
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA foreign_keys = ON")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
             try:
-                conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            finally:
+                conn.exec_driver_sql("PRAGMA foreign_keys = ON")
 
     def begin_replace(self, conn: Connection, schema: str | None, tables: list[str]) -> list[str]:
         for table in tables:
