@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from backend.config import Settings, mask_url, parse_url, scrub
 from backend.errors import BadInput, DatabaseFailure
@@ -26,11 +27,16 @@ def make_engine(url: str) -> Engine:
     if parsed.drivername in ("postgresql", "postgres"):
         # SQLAlchemy 2.1 defaults to psycopg 3; jsonsnap ships psycopg2.
         parsed = parsed.set(drivername="postgresql+psycopg2")
-    connect_args = {}
+    connect_args: dict[str, Any] = {}
     if parsed.drivername == "postgresql+psycopg2" and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = 10  # a dead server must fail, not hang a request
+    options: dict[str, Any] = {"pool_pre_ping": True, "connect_args": connect_args}
+    if parsed.drivername.startswith("sqlite"):
+        # A pooled connection keeps a deleted or replaced file open and passes
+        # pre-ping; opening the file each time is cheap and always current.
+        options["poolclass"] = NullPool
     try:
-        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(parsed, **options)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise BadInput(f"cannot use database URL {mask_url(parsed)}: {exc}") from None
     if engine.dialect.name == "sqlite":
@@ -58,16 +64,17 @@ def translate_db_errors(engine: Engine) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise DatabaseFailure(_db_message(exc.orig or exc, engine)) from None
+        raise _db_message(exc.orig or exc, engine) from None
     except driver_error as exc:
-        raise DatabaseFailure(_db_message(exc, engine)) from None
+        raise _db_message(exc, engine) from None
     except SQLAlchemyError as exc:
-        raise DatabaseFailure(scrub(_first_line(str(exc)), engine.url)) from None
+        reason = scrub(_first_line(str(exc)), engine.url)
+        raise DatabaseFailure(reason, reason=reason) from None
 
 
-def _db_message(exc: BaseException, engine: Engine) -> str:
-    where = mask_url(engine.url)
-    return scrub(f"database error ({where}): {_first_line(str(exc))}", engine.url)
+def _db_message(exc: BaseException, engine: Engine) -> DatabaseFailure:
+    reason = scrub(_first_line(str(exc)), engine.url)
+    return DatabaseFailure(f"database error ({mask_url(engine.url)}): {reason}", reason=reason)
 
 
 def _first_line(text: str) -> str:

@@ -18,6 +18,11 @@ class BadInput(JsonsnapError):
 class DatabaseFailure(JsonsnapError):
     """The database could not be reached or failed while being read or written."""
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        #: The failure alone, without the (masked) URL: for an API response.
+        self.reason = reason or message
+
 
 class RepoError(JsonsnapError):
     """The snapshot repository is missing, unusable, or git failed."""

@@ -9,8 +9,10 @@ progress can never leak a half-written file into a response.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -100,7 +102,7 @@ class FallbackLoader:
             format_timestamp(source.time),
             _age(age),
         )
-        return Loaded([dict(row) for row in rows], source)
+        return Loaded(copy.deepcopy(rows), source)  # callers must not change the cache
 
     def _from_database(self, name: str) -> list[dict[str, Any]]:
         engine = self._engine_or_new()
@@ -140,6 +142,8 @@ class FallbackLoader:
 
 
 def _reason(exc: BaseException, url: str | None) -> str:
+    if isinstance(exc, NoSuchTableError):
+        return f"no such table {exc.args[0]!r}" if exc.args else "no such table"
     original = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
@@ -153,16 +157,18 @@ def _age(delta: dt.timedelta) -> str:
     )
 
 
-_loaders: dict[tuple[str | None, str | None], FallbackLoader] = {}
+_loaders: dict[tuple[str, str, str], FallbackLoader] = {}
 _loaders_lock = threading.Lock()
 
 
 def _loader(database_url: str | None, repo_path: str | None) -> FallbackLoader:
     settings = Settings.resolve(db=database_url, repo=repo_path)
-    key = (settings.database_url, str(settings.repo_path))
+    # Relative defaults (sqlite:///data/app.db, snapshots) mean other files in
+    # another working directory: the directory is part of the key.
+    key = (settings.database_url, str(settings.repo_path.resolve()), os.getcwd())
     with _loaders_lock:
         if key not in _loaders:
-            _loaders[key] = FallbackLoader(*key)
+            _loaders[key] = FallbackLoader(settings.database_url, key[1])
         return _loaders[key]
 
 

@@ -16,8 +16,10 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.codec import dumps_exact, json_default
 from backend.config import Settings
@@ -113,7 +115,24 @@ def materials() -> Response:
 @app.exception_handler(JsonsnapError)
 def _library_error(_request: Request, exc: JsonsnapError) -> JSONResponse:
     status = next(code for kind, code in _STATUS if isinstance(exc, kind))
-    return JSONResponse({"error": str(exc)}, status_code=status)
+    message = exc.reason if isinstance(exc, DatabaseFailure) else str(exc)  # no URL, even masked
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@app.exception_handler(StarletteHTTPException)
+def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(
+        {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+@app.exception_handler(RequestValidationError)
+def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return JSONResponse({"error": problems or "bad request"}, status_code=400)
 
 
 @app.exception_handler(Exception)

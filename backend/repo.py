@@ -26,7 +26,7 @@ import git
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from backend.config import mask_url
-from backend.errors import LockTimeout, RepoError
+from backend.errors import LockTimeout, RepoError, SnapshotCorrupt
 from backend.layout import MANIFEST, TABLES_DIR, Manifest
 
 _ZERO = "0" * 40
@@ -158,7 +158,10 @@ class SnapshotRepo:
         return blobs
 
     def read_blob(self, sha: str) -> bytes:
-        data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
+        try:
+            data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
+        except ValueError:  # GitPython's word for an object git cannot find
+            raise SnapshotCorrupt(f"git object {sha[:10]} is missing or unreadable") from None
         return data
 
     def manifest_at(self, rev: str) -> tuple[Manifest, dict[str, str]] | None:
@@ -316,4 +319,7 @@ def _one_line(exc: BaseException) -> str:
     else:
         text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    # git's own verdict ("fatal: ...", "error: ...", " ! [rejected] ...") beats
+    # the hints and context lines around it.
+    verdicts = [line for line in lines if line.startswith(("fatal:", "error:", "!"))]
+    return (verdicts or lines or [type(exc).__name__])[0]

@@ -15,7 +15,9 @@ if ! flock -n 9; then
 fi
 
 args=(export)
-if git -C "${JSONSNAP_REPO:-snapshots}" remote get-url origin > /dev/null 2>&1; then
+# --git-dir: before the first export, snapshots/ is a plain folder of the project,
+# and `git -C` would find the project's own remote.
+if git --git-dir="${JSONSNAP_REPO:-snapshots}/.git" remote get-url origin > /dev/null 2>&1; then
   args+=(--push)
 fi
 
