@@ -47,10 +47,6 @@ def remove() -> bool:
     return len(kept) != len(lines)
 
 
-def installed() -> str | None:
-    return next((line for line in _read() if MARKER in line), None)
-
-
 def _read() -> list[str]:
     target = os.environ.get("JSONSNAP_CRONTAB")
     if target:

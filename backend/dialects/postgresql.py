@@ -364,6 +364,3 @@ class _CopyReader:
         cut = size if size > 0 else len(data)
         self.buffer = data[cut:]
         return data[:cut]
-
-    def readline(self, size: int = -1) -> bytes:
-        return self.read(size)
