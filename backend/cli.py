@@ -15,7 +15,7 @@ from typing import Any
 import click
 import orjson
 
-from backend.codec import dumps_exact
+from backend.codec import dumps_exact, parse_row_exact
 from backend.config import Settings, format_timestamp, mask_url
 from backend.db import make_engine
 from backend.demo import create_demo
@@ -269,12 +269,17 @@ def show(
         for name, count in counts.items():
             click.echo(f"{count:>10}  {name}")
         return
-    rows = (orjson.loads(raw) for raw in snapshot.encoded_rows(snapshot.table(table)))
-    if as_json:
-        click.echo(_dumps(list(rows)))
+    # Parsed exactly, so a JSON column's 12.50 prints as 12.50; streamed, so a
+    # large table never has to fit in memory.
+    rows = (parse_row_exact(raw) for raw in snapshot.encoded_rows(snapshot.table(table)))
+    if not as_json:
+        for row in rows:
+            click.echo(dumps_exact(row, orjson.OPT_SORT_KEYS))
         return
-    for row in rows:
-        click.echo(orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode())
+    click.echo("[", nl=False)
+    for index, row in enumerate(rows):
+        click.echo(("," if index else "") + "\n  " + _dumps(row).replace("\n", "\n  "), nl=False)
+    click.echo("\n]")
 
 
 @main.command()

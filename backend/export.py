@@ -257,17 +257,27 @@ def _plan(conn: Connection, dialect: Dialect, selection: Selection) -> list[_Tab
         columns = inspector.get_multi_columns(schema=schema, filter_names=chosen)
     pks = inspector.get_multi_pk_constraint(schema=schema, filter_names=chosen)
     fks = inspector.get_multi_foreign_keys(schema=schema, filter_names=chosen)
+    home = {schema, inspector.default_schema_name}
     reflected = [
         _Reflected(
             name=name,
             columns=columns[(schema, name)],
             primary_key=list(pks[(schema, name)].get("constrained_columns") or []),
-            foreign_keys=fks[(schema, name)],
+            foreign_keys=[_same_schema_as_none(fk, home) for fk in fks[(schema, name)]],
             excluded=excluded.get(name, []),
         )
         for name in chosen
     ]
     return [_plan_table(conn, dialect, schema, table) for table in reflected]
+
+
+def _same_schema_as_none(fk: Any, home: set[str | None]) -> Any:
+    """A reference into the table's own schema is recorded as null, however it was
+    reflected: SQLAlchemy names the schema only when asked for one explicitly, and
+    the manifest must not change with how the export was called."""
+    if fk.get("referred_schema") in home:
+        return {**fk, "referred_schema": None}
+    return fk
 
 
 def _excluded_columns(
