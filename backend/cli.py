@@ -276,10 +276,12 @@ def show(
         for row in rows:
             click.echo(dumps_exact(row, orjson.OPT_SORT_KEYS))
         return
-    click.echo("[", nl=False)
-    for index, row in enumerate(rows):
-        click.echo(("," if index else "") + "\n  " + _dumps(row).replace("\n", "\n  "), nl=False)
-    click.echo("\n]")
+    count = 0
+    for count, row in enumerate(rows, 1):
+        click.echo(
+            ("[" if count == 1 else ",") + "\n  " + _dumps(row).replace("\n", "\n  "), nl=False
+        )
+    click.echo("\n]" if count else "[]")
 
 
 @main.command()

@@ -14,7 +14,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -411,9 +411,22 @@ def db_text(kind: str) -> Callable[[Any], str]:
     return _DB_TEXT.get(kind, str)
 
 
-def needs_exact_parse(kinds: Iterable[str]) -> bool:
-    """Whether a table's rows hold JSON documents, whose numbers need `parse_row_exact`."""
-    return any(kind.removeprefix("array:") == "json" for kind in kinds)
+def json_columns(kinds: dict[str, str]) -> list[str]:
+    """The columns holding JSON documents, whose numbers need `parse_row_exact`."""
+    return [name for name, kind in kinds.items() if kind.removeprefix("array:") == "json"]
+
+
+def parse_row(raw: bytes, documents: list[str]) -> dict[str, Any]:
+    """A row as Python's json reads it (exact integers, float fractions), with the
+    JSON documents in `documents` parsed exactly (Decimal) for writing them back."""
+    if not documents:
+        row: dict[str, Any] = orjson.loads(raw)
+        return row
+    row = json.loads(raw)
+    exact = parse_row_exact(raw)
+    for name in documents:
+        row[name] = exact[name]
+    return row
 
 
 # --- decoding ---------------------------------------------------------------

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -269,9 +268,9 @@ def _apply(
 
 
 def _parsed_rows(snapshot: Snapshot, entry: TableEntry) -> Iterator[dict[str, Any]]:
-    exact = codec.needs_exact_parse(entry.kinds().values())
+    documents = codec.json_columns(entry.kinds())
     for raw in snapshot.encoded_rows(entry):
-        yield codec.parse_row_exact(raw) if exact else orjson.loads(raw)
+        yield codec.parse_row(raw, documents)
 
 
 def _create_ddl(

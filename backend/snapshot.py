@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -103,8 +104,11 @@ class Snapshot:
         decoders = [
             (name, dec) for name, kind in entry.kinds().items() if (dec := codec.decoder(kind))
         ]
+        # Python's json for JSON documents, as SQLAlchemy's JSON type reads them:
+        # integers of any size stay integers.
+        loads = json.loads if codec.json_columns(entry.kinds()) else orjson.loads
         for raw in self.encoded_rows(entry):
-            row = orjson.loads(raw)
+            row = loads(raw)
             for name, dec in decoders:
                 row[name] = dec(row[name])
             yield row

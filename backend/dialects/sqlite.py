@@ -61,9 +61,22 @@ class SqliteDialect(Dialect):
                 conn.exec_driver_sql("PRAGMA foreign_keys = ON")
 
     def begin_replace(self, conn: Connection, schema: str | None, tables: list[str]) -> list[str]:
+        """Drop the tables' triggers (SQLite cannot disable them) and empty the tables.
+
+        The triggers' CREATE statements come back to be run at the end, in the
+        same transaction, so a failure puts them back too.
+        """
+        prefix = f"{_quote(schema)}." if schema else ""
+        triggers = conn.exec_driver_sql(
+            f"SELECT name, sql FROM {prefix}sqlite_master WHERE type = 'trigger' "  # noqa: S608
+            f"AND tbl_name IN ({', '.join('?' for _ in tables)}) ORDER BY name",
+            tuple(tables),
+        ).all()
+        for name, _ in triggers:
+            conn.exec_driver_sql(f"DROP TRIGGER {prefix}{_quote(name)}")
         for table in tables:
             conn.exec_driver_sql(f"DELETE FROM {self.quote(conn, schema, table)}")  # noqa: S608
-        return []
+        return [sql for _, sql in triggers]
 
     def load(self, conn: Connection, target: RowTarget, rows: Iterator[dict[str, Any]]) -> int:
         # JSON documents go in as their exact text; everything else as the Python
@@ -72,7 +85,7 @@ class SqliteDialect(Dialect):
         types: dict[str, Any] = {}
         for name in target.columns:
             kind = target.kinds[name]
-            if codec.needs_exact_parse([kind]):
+            if codec.json_columns({name: kind}):
                 converters[name], types[name] = codec.db_text(kind), Text()
             else:
                 converters[name], types[name] = codec.decoder(kind), target.types[name]
@@ -110,6 +123,8 @@ class SqliteDialect(Dialect):
                 f"the restored data breaks a foreign key: a row of {table} (rowid {rowid}) "
                 f"refers to a row missing from {parent}"
             )
+        for statement in pending:  # the triggers, as they were
+            conn.exec_driver_sql(statement)
 
     def declared_types(self, conn: Connection, schema: str | None, table: str) -> dict[str, str]:
         prefix = f"{_quote(schema)}." if schema else ""
