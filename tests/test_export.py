@@ -419,7 +419,7 @@ def test_schema_option_exports_that_schema(pg_url, repo_path):
         {
             "columns": ["t_id"],
             "referred_columns": ["id"],
-            "referred_schema": "other",
+            "referred_schema": None,  # null: the table's own schema
             "referred_table": "t",
         }
     ]
