@@ -171,10 +171,28 @@ def _parse_exact(text: str) -> Any:
     return value
 
 
+#: The key that wraps a JSON document which could otherwise be misread.
+WRAP = "$json"
+
+
+def _wrap(document: Any) -> Any:
+    """A JSON document as written: itself, unless it could be mistaken for SQL NULL
+    (the JSON value null) or for this very wrapping ({"$json": ...})."""
+    if document is None or (isinstance(document, dict) and len(document) == 1 and WRAP in document):
+        return {WRAP: document}
+    return document
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1 and WRAP in value:
+        return value[WRAP]
+    return value
+
+
 def _encode_json(value: Any) -> Any:
-    if value is None:
+    if value is None:  # SQL NULL; the JSON value null arrives as the text "null"
         return None
-    return _parse_exact(value if isinstance(value, str) else json.dumps(value))
+    return _wrap(_parse_exact(value if isinstance(value, str) else json.dumps(value)))
 
 
 def _encode_any(value: Any) -> Any:
@@ -293,7 +311,7 @@ def _text_bytes(raw: bytes) -> bytes:
 
 
 def _text_json(raw: bytes) -> bytes:
-    value = _parse_exact(raw.decode("utf-8"))
+    value = _wrap(_parse_exact(raw.decode("utf-8")))
     return orjson.dumps(value, option=PRETTY).replace(b"\n", _FIELD_INDENT)
 
 
@@ -366,7 +384,7 @@ def dumps_exact(value: Any, option: int = 0) -> str:
 
 
 def _db_text_json(value: Any) -> str:
-    return dumps_exact(value)
+    return dumps_exact(_unwrap(value))
 
 
 def _db_text_float(value: float | Decimal | str) -> str:
@@ -468,7 +486,7 @@ _DECODERS: dict[str, Decoder | None] = {
     "boolean": None,
     "string": None,
     "text": None,
-    "json": None,
+    "json": _unwrap,
     "decimal": Decimal,
     "float": _decode_float,
     "datetime": dt.datetime.fromisoformat,
