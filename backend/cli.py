@@ -22,10 +22,10 @@ from backend.demo import create_demo
 from backend.diff import describe_diff
 from backend.errors import BadInput, JsonsnapError
 from backend.export import ExportResult, export_snapshot
-from backend.repo import init_repo
+from backend.repo import SnapshotRepo, init_repo
 from backend.restore import RestoreResult, describe_preview, restore_snapshot
 from backend.schedule import cron_line, install, remove
-from backend.snapshot import diff_snapshots, list_snapshots, resolve_snapshot
+from backend.snapshot import Snapshot, diff_snapshots, list_snapshots, resolve_snapshot
 from backend.verify import verify_snapshot
 
 
@@ -91,7 +91,7 @@ def init(repo: str | None) -> None:
     """Create the snapshot git repository if it is missing."""
     path = Settings.resolve(repo=repo).repo_path
     existed = (path / ".git").exists()
-    init_repo(path)
+    init_repo(path).close()
     click.echo(f"snapshot repository {'already exists' if existed else 'created'} at {path}")
 
 
@@ -251,7 +251,11 @@ def show(
     repo: str | None, date: str | None, commit: str | None, table: str | None, as_json: bool
 ) -> None:
     """Print a past snapshot: its tables with row counts, or one table's rows."""
-    snapshot = resolve_snapshot(Settings.resolve(repo=repo).repo_path, _snapshot_spec(date, commit))
+    with SnapshotRepo.open(Settings.resolve(repo=repo).repo_path) as snapshots:
+        _show(resolve_snapshot(snapshots, _snapshot_spec(date, commit)), table, as_json)
+
+
+def _show(snapshot: Snapshot, table: str | None, as_json: bool) -> None:
     if table is None:
         counts = {name: entry.rows for name, entry in sorted(snapshot.manifest.tables.items())}
         if as_json:
@@ -398,8 +402,8 @@ def remote() -> None:
 @click.argument("url")
 def remote_set(repo: str | None, url: str) -> None:
     """Set the remote (git URL or path) that `export --push` pushes to."""
-    snapshots = init_repo(Settings.resolve(repo=repo).repo_path)
-    snapshots.set_remote(url)
+    with init_repo(Settings.resolve(repo=repo).repo_path) as snapshots:
+        snapshots.set_remote(url)
     click.echo(f"remote set to {mask_url(url)}")
 
 

@@ -22,7 +22,8 @@ from backend.codec import canonical, dumps_exact, parse_row_exact
 from backend.errors import BadInput
 from backend.layout import DataFile, TableEntry, split_rows
 
-ReadFile = Callable[[DataFile], bytes]
+#: The contents of data files, in order: from git objects or from a staging folder.
+ReadFiles = Callable[[list[DataFile]], Iterable[bytes]]
 #: Key kinds whose values sort in Python exactly as in the data files.
 _ORDERED_KINDS = frozenset({"integer", "string"})
 
@@ -59,7 +60,7 @@ class TableChange:
 
 
 def compare_tables(
-    old: TableEntry | None, new: TableEntry | None, read_old: ReadFile, read_new: ReadFile
+    old: TableEntry | None, new: TableEntry | None, read_old: ReadFiles, read_new: ReadFiles
 ) -> TableChange:
     """What changed in one table, reading only the files whose checksum changed."""
     if old is None and new is None:
@@ -81,8 +82,8 @@ def compare_tables(
 def _compare_files(
     old_files: list[DataFile],
     new_files: list[DataFile],
-    read_old: ReadFile,
-    read_new: ReadFile,
+    read_old: ReadFiles,
+    read_new: ReadFiles,
     new: TableEntry,
 ) -> TableChange:
     if not old_files or not new_files:  # a side with nothing changed: no row to read
@@ -129,8 +130,8 @@ def merge_rows(old: Iterable[Any], new: Iterable[Any], key_of: Callable[[Any], A
 def compare_manifests(
     old: dict[str, TableEntry],
     new: dict[str, TableEntry],
-    read_old: ReadFile,
-    read_new: ReadFile,
+    read_old: ReadFiles,
+    read_new: ReadFiles,
     names: Iterable[str] | None = None,
 ) -> dict[str, TableChange]:
     """The tables that differ (all of both sides, or `names`), with their changes."""
@@ -205,9 +206,9 @@ def _place(
         change.changed += 1
 
 
-def _read_all(files: list[DataFile], read: ReadFile) -> Iterator[bytes]:
-    for data_file in files:
-        yield from split_rows(read(data_file))
+def _read_all(files: list[DataFile], read: ReadFiles) -> Iterator[bytes]:
+    for data in read(files):
+        yield from split_rows(data)
 
 
 def _numbered(rows: Iterator[bytes]) -> Iterator[tuple[bytes, int]]:

@@ -33,7 +33,7 @@ from backend.diff import TableChange, compare_manifests
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
-from backend.writer import ExternalSorter, Row, TableWriter
+from backend.writer import ExternalSorter, Row, TableWriter, staged_reader
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
@@ -139,8 +139,7 @@ def export_snapshot(
     author_identity()  # a malformed JSONSNAP_AUTHOR is bad input: fail before any work
     if not (Path(repo_path) / ".git").exists():
         _check_reachable(engine)  # an unreachable database must not leave an empty repo behind
-    repo = SnapshotRepo.open(Path(repo_path), create=True)
-    with repo.lock(lock_timeout):
+    with SnapshotRepo.open(Path(repo_path), create=True) as repo, repo.lock(lock_timeout):
         repo.recover()
         check_time_order(repo, when)
         if push and repo.remote_url() is None:
@@ -429,13 +428,10 @@ def _summarize(
 ) -> dict[str, TableChange]:
     old_tables = old.tables if old else {}
 
-    def read_old(data_file: DataFile) -> bytes:
-        return repo.read_blob(old_blobs[data_file.path])
+    def read_old(files: list[DataFile]) -> Iterator[bytes]:
+        return repo.read_blobs([old_blobs[f.path] for f in files])
 
-    def read_new(data_file: DataFile) -> bytes:
-        return staged[data_file.path].read_bytes()
-
-    return compare_manifests(old_tables, new.tables, read_old, read_new)
+    return compare_manifests(old_tables, new.tables, read_old, staged_reader(staged))
 
 
 def _message(title: str, summary: dict[str, TableChange]) -> str:

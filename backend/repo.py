@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,6 +66,16 @@ class SnapshotRepo:
         except (OSError, GitCommandError) as exc:
             raise RepoError(f"cannot create a git repository at {path}: {_one_line(exc)}") from None
 
+    def __enter__(self) -> SnapshotRepo:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop git's helper processes (cat-file) that reading blobs keeps running."""
+        self.repo.close()
+
     # --- the lock -----------------------------------------------------------
 
     @contextmanager
@@ -104,10 +115,8 @@ class SnapshotRepo:
     # --- reading ------------------------------------------------------------
 
     def head(self) -> str | None:
-        try:
-            return self.repo.head.commit.hexsha
-        except ValueError:  # an unborn branch: no snapshot yet
-            return None
+        """The commit HEAD points at; None on an unborn branch (no snapshot yet)."""
+        return self.rev("HEAD")
 
     def rev(self, spec: str) -> str | None:
         """The commit id a git revision names, or None."""
@@ -145,7 +154,8 @@ class SnapshotRepo:
                 yield commit, int(seconds), body
 
     def commit_time(self, rev: str) -> dt.datetime:
-        return self._commit(rev).committed_datetime.astimezone(dt.UTC)
+        seconds = self._git("show", "-s", "--format=%ct", "--end-of-options", rev).strip()
+        return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
 
     def tree_blobs(self, rev: str) -> dict[str, str]:
         """Path -> blob id of every file in the snapshot at `rev`."""
@@ -158,11 +168,44 @@ class SnapshotRepo:
         return blobs
 
     def read_blob(self, sha: str) -> bytes:
+        return next(self.read_blobs([sha]))
+
+    def read_blobs(self, shas: list[str]) -> Iterator[bytes]:
+        """The blobs' contents, in order, from one `git cat-file --batch` of our own.
+
+        Not GitPython's persistent helper: that one lives until garbage
+        collection, and a long-running server would gather them. This process
+        ends when the last blob is read, or the reader stops early.
+        """
+        if not shas:
+            return
+        process = subprocess.Popen(
+            ["git", "cat-file", "--batch"],
+            cwd=self.path,
+            env={**os.environ, "GIT_DIR": str(self.git_dir)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdin is not None and process.stdout is not None
         try:
-            data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
-        except ValueError:  # GitPython's word for an object git cannot find
-            raise SnapshotCorrupt(f"git object {sha[:10]} is missing or unreadable") from None
-        return data
+            for sha in shas:
+                process.stdin.write(sha.encode("ascii") + b"\n")
+                process.stdin.flush()
+                header = process.stdout.readline().split()
+                if len(header) != 3 or header[1] != b"blob":
+                    raise SnapshotCorrupt(f"git object {sha[:10]} is missing or unreadable")
+                data = process.stdout.read(int(header[2]))
+                process.stdout.read(1)  # the newline after each object
+                yield data
+        finally:
+            process.stdin.close()
+            process.stdout.close()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def manifest_at(self, rev: str) -> tuple[Manifest, dict[str, str]] | None:
         """The manifest at `rev` with the tree's blob ids, or None before the first snapshot."""
@@ -170,12 +213,6 @@ class SnapshotRepo:
         if MANIFEST not in blobs:
             return None
         return Manifest.from_bytes(self.read_blob(blobs[MANIFEST])), blobs
-
-    def _commit(self, rev: str) -> git.Commit:
-        try:
-            return self.repo.commit(rev)
-        except (git.BadName, ValueError):
-            raise RepoError(f"no such snapshot revision {rev!r}") from None
 
     # --- the off-site copy ---------------------------------------------------
 

@@ -45,9 +45,10 @@ from backend.dialects.base import RowTarget
 from backend.diff import TableChange, compare_manifests
 from backend.errors import BadInput, RestoreConflict
 from backend.export import Selection, commit_snapshot, read_database
-from backend.layout import DataFile, Manifest, TableEntry
+from backend.layout import Manifest, TableEntry
 from backend.repo import SnapshotRepo
 from backend.snapshot import Snapshot, resolve_snapshot
+from backend.writer import staged_reader
 
 _GENERIC_TYPES: dict[str, Any] = {
     "integer": BigInteger(),
@@ -118,9 +119,8 @@ def restore_snapshot(
     the restored state is committed as "restore to <commit>". With `dry_run`,
     or when `confirm` answers False, nothing is changed.
     """
-    repo = SnapshotRepo.open(Path(repo_path))
     dialect = for_engine(engine)
-    with repo.lock(lock_timeout):
+    with SnapshotRepo.open(Path(repo_path)) as repo, repo.lock(lock_timeout):
         repo.recover()
         snapshot = resolve_snapshot(repo, at)
         chosen = [snapshot.table(name) for name in dict.fromkeys(tables or snapshot.tables)]
@@ -216,14 +216,9 @@ def _preview(
 ) -> dict[str, TableChange]:
     """Per table, what the restore changes in the live database."""
 
-    def read_live(data_file: DataFile) -> bytes:
-        return staged[data_file.path].read_bytes()
-
-    def read_snapshot(data_file: DataFile) -> bytes:
-        return snapshot.repo.read_blob(snapshot.blobs[data_file.path])
-
+    read_live = staged_reader(staged)
     names = [entry.name for entry in chosen]
-    return compare_manifests(live.tables, snapshot.tables, read_live, read_snapshot, names)
+    return compare_manifests(live.tables, snapshot.tables, read_live, snapshot.read_files, names)
 
 
 def _apply(

@@ -27,8 +27,9 @@ from backend.config import format_timestamp, local_zone, parse_timestamp
 from backend.diff import Side, TableChange, TableDiff, diff_sides
 from backend.errors import BadInput, SnapshotCorrupt
 from backend.export import Selection, read_database
-from backend.layout import Manifest, TableEntry, split_rows
+from backend.layout import DataFile, Manifest, TableEntry, split_rows
 from backend.repo import SnapshotRepo
+from backend.writer import staged_reader
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d")
@@ -82,15 +83,20 @@ class Snapshot:
                 f"unknown table {name!r} in snapshot {self.commit[:10]} (tables: {known})"
             ) from None
 
-    def encoded_rows(self, entry: TableEntry) -> Iterator[bytes]:
-        """The table's rows as they stand in its files, checked against the manifest."""
-        for data_file in entry.files:
-            data = self.repo.read_blob(self._blob(data_file.path))
+    def read_files(self, files: list[DataFile]) -> Iterator[bytes]:
+        """Data files' contents, from git objects, checked against the manifest."""
+        blobs = self.repo.read_blobs([self._blob(data_file.path) for data_file in files])
+        for data_file, data in zip(files, blobs, strict=True):
             if hashlib.sha256(data).hexdigest() != data_file.sha256:
                 raise SnapshotCorrupt(
                     f"{data_file.path} in snapshot {self.commit[:10]} does not match its "
                     "checksum in manifest.json: the snapshot was edited or damaged"
                 )
+            yield data
+
+    def encoded_rows(self, entry: TableEntry) -> Iterator[bytes]:
+        """The table's rows as they stand in its files, checked against the manifest."""
+        for data_file, data in zip(entry.files, self.read_files(entry.files), strict=True):
             rows = split_rows(data)
             if len(rows) != data_file.rows:
                 raise SnapshotCorrupt(
@@ -122,8 +128,14 @@ class Snapshot:
             ) from None
 
 
-def open_repo(repo: RepoLike) -> SnapshotRepo:
-    return repo if isinstance(repo, SnapshotRepo) else SnapshotRepo.open(Path(repo))
+@contextmanager
+def _opened(repo: RepoLike) -> Iterator[SnapshotRepo]:
+    """The repository, opened here (and closed after) unless the caller holds it open."""
+    if isinstance(repo, SnapshotRepo):
+        yield repo
+        return
+    with SnapshotRepo.open(Path(repo)) as opened:
+        yield opened
 
 
 def resolve_snapshot(repo: RepoLike, at: str) -> Snapshot:
@@ -131,8 +143,10 @@ def resolve_snapshot(repo: RepoLike, at: str) -> Snapshot:
 
     A date (YYYY-MM-DD, in JSONSNAP_TZ or the system's zone) means the last
     snapshot at or before the end of that day; a moment, the last at or before it.
+    The snapshot reads its rows through `repo`: pass an open SnapshotRepo, and
+    close it when done, to stop git's helper processes at once.
     """
-    repository = open_repo(repo)
+    repository = repo if isinstance(repo, SnapshotRepo) else SnapshotRepo.open(Path(repo))
     if repository.head() is None:
         raise BadInput(f"no snapshot yet in {repository.path}")
     commit = _resolve_commit(repository, at.strip())
@@ -177,16 +191,17 @@ def load_snapshot(
     repo: RepoLike, at: str = "HEAD", tables: Sequence[str] = ()
 ) -> dict[str, list[dict[str, Any]]]:
     """Every table (or the chosen ones) of a past snapshot: {table: [rows]}, decoded."""
-    snapshot = resolve_snapshot(repo, at)
-    names = list(tables) or sorted(snapshot.manifest.tables)
-    entries = [snapshot.table(name) for name in names]
-    return {entry.name: list(snapshot.rows(entry)) for entry in entries}
+    with _opened(repo) as repository:
+        snapshot = resolve_snapshot(repository, at)
+        names = list(tables) or sorted(snapshot.manifest.tables)
+        entries = [snapshot.table(name) for name in names]
+        return {entry.name: list(snapshot.rows(entry)) for entry in entries}
 
 
 def list_snapshots(repo: RepoLike, table: str | None = None) -> list[SnapshotInfo]:
     """The history, newest first; with `table`, only the snapshots that changed it."""
-    repository = open_repo(repo)
-    infos = [_info(commit, seconds, body) for commit, seconds, body in repository.log()]
+    with _opened(repo) as repository:
+        infos = [_info(commit, seconds, body) for commit, seconds, body in repository.log()]
     if table is not None:
         infos = [info for info in infos if table in info.summary]
     return infos
@@ -223,9 +238,12 @@ class LiveDatabase:
     def tables(self) -> dict[str, TableEntry]:
         return self.manifest.tables
 
+    def read_files(self, files: list[DataFile]) -> Iterator[bytes]:
+        return staged_reader(self.staged)(files)
+
     def encoded_rows(self, entry: TableEntry) -> Iterator[bytes]:
-        for data_file in entry.files:
-            yield from split_rows(self.staged[data_file.path].read_bytes())
+        for data in self.read_files(entry.files):
+            yield from split_rows(data)
 
 
 @contextmanager
@@ -265,8 +283,7 @@ def diff_snapshots(
     excluded columns as the newest snapshot), so `diff HEAD db` shows what the
     next export would commit.
     """
-    repository = open_repo(repo)
-    with ExitStack() as stack:
+    with _opened(repo) as repository, ExitStack() as stack:
         sides = [_side(repository, spec, engine, stack) for spec in (old, new)]
         return DiffResult(sides[0].label, sides[1].label, diff_sides(sides[0], sides[1], tables))
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from backend.diff import TableChange, compare_manifests
 from backend.errors import JsonsnapError
 from backend.export import Selection
-from backend.layout import MANIFEST, README, TABLES_DIR, DataFile
+from backend.layout import MANIFEST, README, TABLES_DIR
 from backend.repo import SnapshotRepo
 from backend.snapshot import LiveDatabase, Snapshot, read_live, resolve_snapshot
 
@@ -57,7 +57,11 @@ def verify_snapshot(
     repo_path: str | os.PathLike[str], engine: Engine | None = None
 ) -> VerifyReport:
     """Check HEAD's files against the manifest, run `git fsck`, and compare with the database."""
-    repo = SnapshotRepo.open(Path(repo_path))
+    with SnapshotRepo.open(Path(repo_path)) as repo:
+        return _verify(repo, engine)
+
+
+def _verify(repo: SnapshotRepo, engine: Engine | None) -> VerifyReport:
     if repo.head() is None:
         return VerifyReport(commit=None, problems=["the repository holds no snapshot yet"])
     try:
@@ -94,10 +98,4 @@ def _check_files(snapshot: Snapshot) -> list[str]:
 
 
 def _drift(snapshot: Snapshot, live: LiveDatabase) -> dict[str, TableChange]:
-    def read_snapshot(data_file: DataFile) -> bytes:
-        return snapshot.repo.read_blob(snapshot.blobs[data_file.path])
-
-    def read_live_file(data_file: DataFile) -> bytes:
-        return live.staged[data_file.path].read_bytes()
-
-    return compare_manifests(snapshot.tables, live.tables, read_snapshot, read_live_file)
+    return compare_manifests(snapshot.tables, live.tables, snapshot.read_files, live.read_files)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -173,3 +173,13 @@ def _read_run(run: IO[bytes]) -> Iterator[Row]:
         key = run.read(int.from_bytes(header, "big"))
         row = run.read(int.from_bytes(run.read(4), "big"))
         yield key, row
+
+
+def staged_reader(staged: dict[str, Path]) -> Callable[[list[DataFile]], Iterator[bytes]]:
+    """Reads data files from where `TableWriter.finish` recorded them."""
+
+    def read(files: list[DataFile]) -> Iterator[bytes]:
+        for data_file in files:
+            yield staged[data_file.path].read_bytes()
+
+    return read

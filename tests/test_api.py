@@ -39,7 +39,7 @@ DEAD_URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/jsonsnap_gone"
 JSONSNAP = Path(sys.executable).with_name("jsonsnap")
 T1 = "2026-11-20T02:00:00Z"
 T2 = "2026-11-21T02:00:00Z"
-WAIT = 30.0  # upper bound for the server's start and stop
+WAIT = 60  # seconds for uvicorn to start; generous for a loaded CI machine
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ADMIN_ROUTES = [
     ("POST", "/api/admin/export-to-json"),
