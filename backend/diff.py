@@ -20,7 +20,7 @@ from deepdiff.helper import NotPresent
 
 from backend.codec import canonical, dumps_exact, parse_row_exact
 from backend.errors import BadInput
-from backend.layout import DataFile, TableEntry, split_rows
+from backend.layout import DataFile, TableEntry, iter_rows
 
 #: The contents of data files, in order: from git objects or from a staging folder.
 ReadFiles = Callable[[list[DataFile]], Iterable[bytes]]
@@ -208,7 +208,7 @@ def _place(
 
 def _read_all(files: list[DataFile], read: ReadFiles) -> Iterator[bytes]:
     for data in read(files):
-        yield from split_rows(data)
+        yield from iter_rows(data)
 
 
 def _numbered(rows: Iterator[bytes]) -> Iterator[tuple[bytes, int]]:
