@@ -110,3 +110,23 @@ def execute(url: str, *statements: str) -> None:
         for statement in statements:
             conn.exec_driver_sql(statement)
     engine.dispose()
+
+
+def work_tree(repo: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+
+
+def repo_state(repo: Path) -> dict[str, object]:
+    """Everything a failed or refused run must leave exactly as it was."""
+    return {
+        "head": git(repo, "rev-parse", "HEAD").strip(),
+        "refs": git(repo, "for-each-ref"),
+        "status": git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored"),
+        "files": work_tree(repo),
+        "objects": git(repo, "cat-file", "--batch-all-objects", "--batch-check"),
+        "git_dir": sorted(os.listdir(repo / ".git")),
+    }

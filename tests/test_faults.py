@@ -26,7 +26,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import PG_SERVER, execute, git
+from conftest import PG_SERVER, execute, git, repo_state, work_tree
 
 from backend.cli import main
 from backend.db import make_engine
@@ -65,26 +65,6 @@ def export(url: str, repo: Path, when: str, **options):
         return export_snapshot(engine, repo, timestamp=when, **options)
     finally:
         engine.dispose()
-
-
-def work_tree(repo: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(repo).as_posix(): p.read_bytes()
-        for p in sorted(repo.rglob("*"))
-        if p.is_file() and ".git" not in p.relative_to(repo).parts
-    }
-
-
-def repo_state(repo: Path) -> dict[str, object]:
-    """Everything a failed run must leave exactly as it was."""
-    return {
-        "head": git(repo, "rev-parse", "HEAD").strip(),
-        "refs": git(repo, "for-each-ref"),
-        "status": git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored"),
-        "files": work_tree(repo),
-        "objects": git(repo, "cat-file", "--batch-all-objects", "--batch-check"),
-        "git_dir": sorted(os.listdir(repo / ".git")),
-    }
 
 
 def assert_no_leftovers(repo: Path) -> None:

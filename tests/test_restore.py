@@ -8,14 +8,13 @@ and on SQLite with every row as SQLAlchemy reads it.
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_SERVER, execute, git, run
+from conftest import PG_SERVER, execute, git, repo_state, run
 
 from backend.db import make_engine
 
@@ -103,25 +102,6 @@ def state(url: str) -> dict[str, list]:
             return tables
     finally:
         engine.dispose()
-
-
-def work_tree(repo: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(repo).as_posix(): p.read_bytes()
-        for p in sorted(repo.rglob("*"))
-        if p.is_file() and ".git" not in p.relative_to(repo).parts
-    }
-
-
-def repo_state(repo: Path) -> dict[str, object]:
-    return {
-        "head": head(repo),
-        "refs": git(repo, "for-each-ref"),
-        "status": git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored"),
-        "files": work_tree(repo),
-        "objects": git(repo, "cat-file", "--batch-all-objects", "--batch-check"),
-        "git_dir": sorted(os.listdir(repo / ".git")),
-    }
 
 
 def one_line_error(result, code: int) -> str:
