@@ -209,7 +209,8 @@ class _ProgressBars:
 def demo(db: str | None, materials: int, force: bool) -> None:
     """Create the app's schema and fill it with deterministic demo data."""
     settings = Settings.resolve(db=db)
-    count = create_demo(make_engine(settings.database_url), materials=materials, force=force)
+    engine = make_engine(settings.database_url, create=True)
+    count = create_demo(engine, materials=materials, force=force)
     click.echo(f"demo data written: {count} materials")
 
 
@@ -357,7 +358,7 @@ def restore(
     """
     settings = Settings.resolve(db=db, repo=repo)
     result = restore_snapshot(
-        make_engine(settings.database_url),
+        make_engine(settings.database_url, create=create_tables),
         settings.repo_path,
         _snapshot_spec(date, commit),
         tables=tables,

@@ -7,6 +7,7 @@ so that a bad URL or an unreachable server always reads the same way.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +22,13 @@ from backend.config import Settings, mask_url, parse_url, scrub
 from backend.errors import BadInput, DatabaseFailure
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; a bad URL or a missing driver is a one-line BadInput."""
+def make_engine(url: str, *, create: bool = False) -> Engine:
+    """An engine for `url`; a bad URL or a missing driver is a one-line BadInput.
+
+    A SQLite file is created only with `create` (the demo, a restore that creates
+    tables): anywhere else a missing file is a typo or a lost disk, and an export
+    of a new empty database would be a misleading snapshot.
+    """
     parsed = parse_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         # SQLAlchemy 2.1 defaults to psycopg 3; jsonsnap ships psycopg2.
@@ -40,14 +46,22 @@ def make_engine(url: str) -> Engine:
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise BadInput(f"cannot use database URL {mask_url(parsed)}: {exc}") from None
     if engine.dialect.name == "sqlite":
-        _prepare_sqlite(engine)
+        _prepare_sqlite(engine, create)
     return engine
 
 
-def _prepare_sqlite(engine: Engine) -> None:
+def _prepare_sqlite(engine: Engine, create: bool) -> None:
     database = engine.url.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+
+            @event.listens_for(engine, "do_connect")
+            def _existing_file_only(_dialect: Any, _record: Any, _args: Any, _kw: Any) -> None:
+                if not path.is_file():
+                    raise sqlite3.OperationalError(f"no database file at {path}")
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

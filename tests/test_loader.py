@@ -270,7 +270,7 @@ def test_sqlite_file_replaced_by_a_directory_serves_head(sqlite_url, tmp_path, r
     assert_same_rows(down.rows, up.rows)
     assert_from_snapshot(down, repo_path, when)
     [message] = fallback_warnings(caplog)
-    assert "unable to open database file" in message
+    assert f"no database file at {tmp_path / 'app.db'}" in message
 
 
 def test_a_loader_that_read_the_sqlite_file_falls_back_once_it_is_gone(
