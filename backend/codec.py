@@ -359,8 +359,9 @@ def text_encoder(kind: str) -> TextEncoder | None:
 
 
 def _exact_int(text: str) -> int | Decimal:
-    # orjson writes integers up to 64 bits; wider ones travel as Decimal.
-    return int(text) if len(text) < 19 else Decimal(text)
+    # orjson writes integers of 64 bits (signed or not); wider ones travel as Decimal.
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 64) else Decimal(text)
 
 
 _RESTORE_JSON = json.JSONDecoder(parse_float=Decimal, parse_int=_exact_int)
@@ -440,10 +441,10 @@ def parse_row(raw: bytes, documents: list[str]) -> dict[str, Any]:
     if not documents:
         row: dict[str, Any] = orjson.loads(raw)
         return row
-    row = json.loads(raw)
-    exact = parse_row_exact(raw)
-    for name in documents:
-        row[name] = exact[name]
+    row = parse_row_exact(raw)  # one parse; then plain numbers outside the documents
+    for name, value in row.items():
+        if isinstance(value, Decimal) and name not in documents:
+            row[name] = int(value) if value.as_tuple().exponent == 0 else float(value)
     return row
 
 
