@@ -104,6 +104,10 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+def head(repo: Path, rev: str = "HEAD") -> str:
+    return git(repo, "rev-parse", rev).strip()
+
+
 def execute(url: str, *statements: str) -> None:
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
     with engine.begin() as conn:

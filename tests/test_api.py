@@ -25,7 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import execute, git, run
+from conftest import execute, git, head, run
 
 from backend.repo import SnapshotRepo
 
@@ -93,10 +93,6 @@ def export(url: str, repo: Path, stamp: str) -> str:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("committed "), result.output
     return head(repo)
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def cli_json(*args: str):

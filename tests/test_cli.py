@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import execute, git, run
+from conftest import execute, git, head, run
 
 from backend.cli import main
 
@@ -60,10 +60,6 @@ def two_tables(url: str) -> None:
         "CREATE TABLE b (id integer PRIMARY KEY, w text)",
         "INSERT INTO b VALUES (1, 'x'), (2, 'y')",
     )
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 # ------------------------------------------------------------------- help

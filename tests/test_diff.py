@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import execute, git, run
+from conftest import execute, head, run
 
 from backend.errors import BadInput
 from backend.snapshot import diff_snapshots
@@ -35,10 +35,6 @@ def export(url: str, repo: Path, stamp: str, *options: str) -> str:
     result = run("export", "--db", url, "--repo", str(repo), "--timestamp", stamp, *options)
     assert result.exit_code == 0, result.output
     return result.stdout
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def diff(url: str, repo: Path, *args: str) -> list[str]:

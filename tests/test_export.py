@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_SERVER, execute, git, run
+from conftest import PG_SERVER, execute, git, head, run
 
 T1 = "2026-11-27T02:00:00Z"
 T2 = "2026-11-28T02:00:00Z"
@@ -26,10 +26,6 @@ def exported(url, repo, *args, stamp=T2):
     result = export(url, repo, *args, stamp=stamp)
     assert result.exit_code == 0, result.output
     return result
-
-
-def head(repo):
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def tree(repo):

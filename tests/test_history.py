@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import execute, git, run
+from conftest import execute, git, head, run
 
 from backend.errors import BadInput, SnapshotCorrupt
 from backend.snapshot import list_snapshots, load_snapshot, resolve_snapshot
@@ -42,10 +42,6 @@ def export(url: str, repo: Path, stamp: str) -> str:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("committed "), result.output
     return head(repo)
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def usage_error(result, message: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_SERVER, execute, git, run
+from conftest import PG_SERVER, execute, git, head, run
 
 from backend.loader import DataUnavailable, FallbackLoader, load_materials_data, load_table
 
@@ -48,10 +48,6 @@ def export(url: str, repo: Path, when: dt.datetime | str | None = None) -> str:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("committed "), result.output
     return head(repo)
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def stamp_of(when: dt.datetime) -> str:

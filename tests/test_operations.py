@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import execute, git, run
+from conftest import execute, git, head, run
 
 import backend
 
@@ -43,10 +43,6 @@ T3 = "2026-11-22T02:00:00Z"
 def demo(url: str, materials: int = 3) -> None:
     result = run("demo", "--db", url, "--materials", str(materials))
     assert result.exit_code == 0, result.output
-
-
-def head(repo: Path, rev: str = "HEAD") -> str:
-    return git(repo, "rev-parse", rev).strip()
 
 
 def bare(path: Path) -> Path:

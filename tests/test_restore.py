@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_SERVER, execute, git, repo_state, run
+from conftest import PG_SERVER, execute, git, head, repo_state, run
 
 from backend.db import make_engine
 
@@ -67,10 +67,6 @@ def restored(url: str, repo: Path, *args: str) -> list[str]:
     result = restore(url, repo, *args)
     assert (result.exit_code, result.stderr) == (0, ""), result.output
     return result.stdout.splitlines()
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def subjects(repo: Path) -> list[str]:
