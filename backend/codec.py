@@ -310,9 +310,49 @@ def _text_bytes(raw: bytes) -> bytes:
     return b'"' + base64.b64encode(bytes.fromhex(raw[2:].decode("ascii"))) + b'"'
 
 
+#: Recently encoded small JSON documents: attribute bags and settings repeat
+#: from row to row, and encoding is a pure function of the text.
+_JSON_MEMO: dict[bytes, bytes] = {}
+_JSON_MEMO_SIZE = 8192
+_JSON_MEMO_MAX_BYTES = 512
+
+
 def _text_json(raw: bytes) -> bytes:
-    value = _wrap(_parse_exact(raw.decode("utf-8")))
-    return orjson.dumps(value, option=PRETTY).replace(b"\n", _FIELD_INDENT)
+    encoded = _JSON_MEMO.get(raw)
+    if encoded is None:
+        value = _wrap(_parse_trusted(raw))
+        encoded = orjson.dumps(value, option=PRETTY).replace(b"\n", _FIELD_INDENT)
+        if len(raw) <= _JSON_MEMO_MAX_BYTES:
+            if len(_JSON_MEMO) >= _JSON_MEMO_SIZE:
+                _JSON_MEMO.clear()
+            _JSON_MEMO[raw] = encoded
+    return encoded
+
+
+def _parse_trusted(raw: bytes) -> Any:
+    """A JSON document parsed by orjson where that provably keeps its digits.
+
+    orjson reads numbers as floats and ints, which loses digits ("12.50") in
+    general. But if orjson writes the parsed value back as exactly the text it
+    came from (PostgreSQL's jsonb text, with its ", " and ": " separators), then
+    every number printed the same, and the fast parse is as exact as the slow
+    one. Anything else (json with its own spacing, long or padded numbers,
+    separators inside strings) takes the exact parser: a false alarm costs time,
+    never a digit.
+    """
+    if _PADDED_NUMBER.search(raw) is None:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if orjson.dumps(value) == raw.replace(b", ", b",").replace(b": ", b":"):
+                return value
+    return _parse_exact(raw.decode("utf-8"))
+
+
+# A fraction ending in 0 ("12.50"), which orjson would print shorter.
+_PADDED_NUMBER = re.compile(rb"\.[0-9]*0(?![0-9])")
 
 
 def _text_boolean(raw: bytes) -> bytes:
@@ -531,6 +571,19 @@ def pretty_row(row: dict[str, Any]) -> bytes:
     return b"  " + orjson.dumps(row, option=PRETTY).replace(b"\n", b"\n  ")
 
 
+def field_parts(names: list[str]) -> list[bytes]:
+    """The literal text around a row's values; `names` must be sorted.
+
+    parts[0] + v0 + parts[1] + ... + v(n-1) + parts[n], with v the fields' JSON
+    bytes, equals `pretty_row` of the same values. A database that can print
+    the values itself can build whole rows from these parts.
+    """
+    if not names:
+        return [b"  {}"]
+    fields = [b"    " + orjson.dumps(name) + b": " for name in names]
+    return [b"  {\n" + fields[0], *(b",\n" + f for f in fields[1:]), b"\n  }"]
+
+
 def field_lines(names: list[str], quoted: list[bool] | None = None) -> bytes:
     """A %-template for one row from its fields' JSON bytes; `names` must be sorted.
 
@@ -538,12 +591,10 @@ def field_lines(names: list[str], quoted: list[bool] | None = None) -> bytes:
     same values. Where `quoted` is true, the template supplies the JSON string's
     quotes itself, so a TEXT_QUOTED value can go in as the database printed it.
     """
+    parts = [part.replace(b"%", b"%%") for part in field_parts(names)]
     marks = quoted or [False] * len(names)
-    lines = [
-        b"    " + orjson.dumps(name).replace(b"%", b"%%") + (b': "%b"' if mark else b": %b")
-        for name, mark in zip(names, marks, strict=True)
-    ]
-    return b"  {\n" + b",\n".join(lines) + b"\n  }" if lines else b"  {}"
+    holes = [b'"%b"' if mark else b"%b" for mark in marks]
+    return parts[0] + b"".join(h + p for h, p in zip(holes, parts[1:], strict=True))
 
 
 def canonical(value: Any) -> bytes:

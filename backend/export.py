@@ -33,7 +33,7 @@ from backend.diff import TableChange, compare_manifests
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
-from backend.writer import ExternalSorter, Row, TableWriter, staged_reader
+from backend.writer import Batch, ExternalSorter, TableWriter, staged_reader
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
@@ -222,21 +222,21 @@ def _export_table(
     total = _count(conn, plan) if progress else 0
     done = 0
 
-    def take(rows: list[Row]) -> None:
+    def take(keys: list[bytes], rows: list[bytes]) -> None:
         nonlocal done
-        sink(rows)
+        sink(keys, rows)
         done += len(rows)
         if progress and rows:
             progress(plan.name, done, max(total, done))
 
     if not dialect.fast_rows(conn, plan.source, take):
         for batch in _encoded_batches(conn, plan):
-            take(batch)
+            take(*batch)
     if progress and not done:
         progress(plan.name, 0, 0)
     if sorter:
         for batch in sorter.sorted_batches():
-            writer.add(batch)
+            writer.add(*batch)
     return writer.finish(staged)
 
 
@@ -361,19 +361,19 @@ def _count(conn: Connection, plan: _TablePlan) -> int:
     return int(conn.execute(select(text("count(*)")).select_from(subquery)).scalar_one())
 
 
-def _encoded_batches(conn: Connection, plan: _TablePlan) -> Iterator[list[Row]]:
+def _encoded_batches(conn: Connection, plan: _TablePlan) -> Iterator[Batch]:
     """Rows selected as Python values and encoded one by one: the portable path."""
     names, encoders = plan.names, plan.encoders
     key_index = [names.index(k) for k in plan.source.primary_key]
     result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(plan.statement)
     for partition in result.partitions():
-        batch = []
+        keys, rows = [], []
         for raw in partition:
             values = [v if enc is None else enc(v) for v, enc in zip(raw, encoders, strict=True)]
             row = codec.pretty_row(dict(zip(names, values, strict=True)))
-            key = codec.canonical([values[i] for i in key_index]) if key_index else row
-            batch.append((key, row))
-        yield batch
+            keys.append(codec.canonical([values[i] for i in key_index]) if key_index else row)
+            rows.append(row)
+        yield keys, rows
 
 
 def commit_snapshot(

@@ -72,9 +72,17 @@ def cut_name(key: bytes) -> str | None:
     large table, so it is a CRC spread by Fibonacci hashing (cheap, and even on
     sequential keys); the name, needed once per shard, is a strong hash.
     """
-    spread = (zlib.crc32(key) * _FIBONACCI) & _U64
-    if spread * SHARD_MEAN_ROWS >= _U64:
-        return None
+    return shard_name(key) if cut_positions([key]) else None
+
+
+def cut_positions(keys: list[bytes]) -> list[int]:
+    """The indexes of the keys that are cut points: `cut_name` for a whole batch at once."""
+    crc, fibonacci, u64, mean = zlib.crc32, _FIBONACCI, _U64, SHARD_MEAN_ROWS
+    return [i for i, key in enumerate(keys) if ((crc(key) * fibonacci) & u64) * mean < u64]
+
+
+def shard_name(key: bytes) -> str:
+    """The name of the shard a cut-point key starts."""
     return hashlib.blake2b(key, digest_size=8).hexdigest()
 
 

@@ -17,8 +17,9 @@ from typing import IO
 from backend import layout
 from backend.layout import DataFile
 
-#: One row: the key that orders it and decides shard cuts, and its bytes in the file.
-Row = tuple[bytes, bytes]
+#: A batch of rows in order: the keys that order them and decide shard cuts, and
+#: the rows' bytes in the file, index for index. A key-less table's key is the row.
+Batch = tuple[list[bytes], list[bytes]]
 
 _SORT_CHUNK_BYTES = 32 * 1024 * 1024
 _MERGE_BATCH = 2000
@@ -67,38 +68,37 @@ class TableWriter:
     def __init__(self, stage: Path, table: str) -> None:
         self.stage = stage
         self.stem = layout.table_stem(table)
-        self.buffer: list[Row] = []
+        self.keys: list[bytes] = []
+        self.rows: list[bytes] = []
         self.buffered_bytes = 0
         self.shards: list[_StagedFile] = []
         self.closed: list[DataFile] = []
 
-    def add(self, rows: list[Row]) -> None:
+    def add(self, keys: list[bytes], rows: list[bytes]) -> None:
         if self.shards:
-            self._add_to_shards(rows)
+            self._add_to_shards(keys, rows)
             return
-        self.buffer.extend(rows)
-        self.buffered_bytes += sum(len(row) for _, row in rows)
-        if len(self.buffer) > layout.SHARD_MIN_ROWS or self.buffered_bytes > layout.SHARD_MIN_BYTES:
+        self.keys.extend(keys)
+        self.rows.extend(rows)
+        self.buffered_bytes += sum(map(len, rows))
+        if len(self.rows) > layout.SHARD_MIN_ROWS or self.buffered_bytes > layout.SHARD_MIN_BYTES:
             self.shards.append(self._open(layout.FIRST_SHARD))
-            buffered, self.buffer = self.buffer, []
-            self._add_to_shards(buffered)
+            keys, rows, self.keys, self.rows = self.keys, self.rows, [], []
+            self._add_to_shards(keys, rows)
 
-    def _add_to_shards(self, rows: list[Row]) -> None:
-        pending: list[bytes] = []
-        for key, row in rows:
-            name = layout.cut_name(key)
-            if name is not None:
-                current = self.shards[-1]
-                current.add(pending)
-                pending = []
-                if current.rows:
-                    self.closed.append(current.close())
-                else:  # the table's first row is itself a cut: no "first" shard
-                    current.discard()
-                    self.shards.pop()
-                self.shards.append(self._open(name))
-            pending.append(row)
-        self.shards[-1].add(pending)
+    def _add_to_shards(self, keys: list[bytes], rows: list[bytes]) -> None:
+        start = 0
+        for cut in layout.cut_positions(keys):
+            current = self.shards[-1]
+            current.add(rows[start:cut])
+            start = cut
+            if current.rows:
+                self.closed.append(current.close())
+            else:  # the table's first row is itself a cut: no "first" shard
+                current.discard()
+                self.shards.pop()
+            self.shards.append(self._open(layout.shard_name(keys[cut])))
+        self.shards[-1].add(rows[start:])
 
     def _open(self, shard: str | None) -> _StagedFile:
         path = (
@@ -114,7 +114,7 @@ class TableWriter:
             opened = self.shards
         else:
             single = self._open(None)
-            single.add([row for _, row in self.buffer])
+            single.add(self.rows)
             files, sharded, opened = [single.close()], False, [single]
         for staged_file in opened:
             staged[staged_file.path] = staged_file.local
@@ -131,29 +131,29 @@ class ExternalSorter:
     def __init__(self, stage: Path) -> None:
         self.stage = stage
         self.runs: list[IO[bytes]] = []
-        self.chunk: list[Row] = []
+        self.chunk: list[tuple[bytes, bytes]] = []
         self.size = 0
 
-    def add(self, rows: list[Row]) -> None:
-        self.chunk.extend(rows)
-        self.size += sum(len(key) + len(row) for key, row in rows)
+    def add(self, keys: list[bytes], rows: list[bytes]) -> None:
+        self.chunk.extend(zip(keys, rows, strict=True))
+        self.size += sum(map(len, keys)) + sum(map(len, rows))
         if self.size >= _SORT_CHUNK_BYTES:
             self.runs.append(self._spill())
 
-    def sorted_batches(self) -> Iterator[list[Row]]:
+    def sorted_batches(self) -> Iterator[Batch]:
         try:
             if not self.runs:
                 self.chunk.sort()
-                yield self.chunk
+                yield _unzip(self.chunk)
                 return
             self.runs.append(self._spill())
-            batch: list[Row] = []
+            batch: list[tuple[bytes, bytes]] = []
             for row in heapq.merge(*(_read_run(run) for run in self.runs)):
                 batch.append(row)
                 if len(batch) >= _MERGE_BATCH:
-                    yield batch
+                    yield _unzip(batch)
                     batch = []
-            yield batch
+            yield _unzip(batch)
         finally:
             for run in self.runs:
                 run.close()
@@ -168,7 +168,11 @@ class ExternalSorter:
         return run
 
 
-def _read_run(run: IO[bytes]) -> Iterator[Row]:
+def _unzip(pairs: list[tuple[bytes, bytes]]) -> Batch:
+    return [key for key, _ in pairs], [row for _, row in pairs]
+
+
+def _read_run(run: IO[bytes]) -> Iterator[tuple[bytes, bytes]]:
     while header := run.read(4):
         key = run.read(int.from_bytes(header, "big"))
         row = run.read(int.from_bytes(run.read(4), "big"))

@@ -21,8 +21,8 @@ from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
 from backend import codec
 
-#: Receives batches of (key, row bytes), in key order.
-Emit = Callable[[list[tuple[bytes, bytes]]], None]
+#: Receives batches of rows in key order: their keys, and their bytes in the file.
+Emit = Callable[[list[bytes], list[bytes]], None]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ARRAY, Engine, Text, cast, text, type_coerce
 from sqlalchemy.dialects.postgresql import INTERVAL
@@ -15,6 +15,7 @@ from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from backend import codec
 from backend.dialects.base import Dialect, Emit, RowSource, RowTarget
 from backend.errors import RestoreConflict
+from backend.writer import Batch
 
 # Read as text: psycopg2 turns an interval's months into 30 days, JSON numbers
 # into floats, and 'infinity' dates into year 9999; PostgreSQL's own text keeps
@@ -28,6 +29,7 @@ _COPY_CHARS = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", 
 _COPY_NULL = b"\\N"
 _PLAIN_STRING = re.compile(rb'["\\\x00-\x1f]')
 _COPY_CHUNK = 1 << 18
+_COPY_BATCH_ROWS = 2048
 
 
 class PostgresDialect(Dialect):
@@ -72,18 +74,14 @@ class PostgresDialect(Dialect):
         """COPY (SELECT ...) TO STDOUT, turned into JSON text without Python values.
 
         pg_dump reads with COPY too; this path is what keeps an export within
-        a small factor of it. Arrays have no text encoder and take the slow path.
+        a small factor of it. Where it can, the server prints whole rows itself
+        (see `_ServerRows`); otherwise each line is encoded here. Arrays have
+        no text encoder and take the slow path.
         """
         kinds = source.columns.values()
         if not kinds or not all(codec.has_text_encoder(kind) for kind in kinds):
             return False
         names = sorted(source.columns)
-        sink = _CopySink(_RowEncoder(names, source), emit)
-        _copy(conn, self._copy_sql(conn, source, names), sink)
-        sink.finish()
-        return True
-
-    def _copy_sql(self, conn: Connection, source: RowSource, names: list[str]) -> str:
         quote = conn.dialect.identifier_preparer.quote
         table = quote(source.table)
         if source.schema:
@@ -92,11 +90,18 @@ class PostgresDialect(Dialect):
             quote(k) + (' COLLATE "C"' if source.columns[k] in _COLLATABLE else "")
             for k in source.primary_key
         ]
-        # Every identifier is quoted by SQLAlchemy's preparer; nothing else is interpolated.
-        select = f"SELECT {', '.join(quote(n) for n in names)} FROM {table}"  # noqa: S608
+        encoder: _LineEncoder | None = _ServerRows.plan(quote, names, source)
+        if encoder is None:
+            encoder = _RowEncoder(quote, names, source)
+        # Every identifier is quoted by SQLAlchemy's preparer, every literal by
+        # _literal; nothing else is interpolated.
+        select = f"SELECT {', '.join(encoder.select)} FROM {table}"  # noqa: S608
         if order:
             select += f" ORDER BY {', '.join(order)}"
-        return f"COPY ({select}) TO STDOUT"
+        sink = _CopySink(encoder, emit)
+        _copy(conn, f"COPY ({select}) TO STDOUT", sink)
+        sink.finish()
+        return True
 
     @contextmanager
     def write_transaction(self, engine: Engine) -> Iterator[Connection]:
@@ -250,6 +255,14 @@ def _copy_string(raw: bytes) -> bytes:
     return codec.text_encoder("string")(_copy_unescape(raw))  # type: ignore[misc]
 
 
+class _LineEncoder(Protocol):
+    """Turns COPY lines into a batch of rows; `select` is the column list it reads."""
+
+    select: list[str]
+
+    def chunk(self, data: bytes) -> Batch: ...
+
+
 class _RowEncoder:
     """One COPY line -> (key, row bytes), calling Python only where it must.
 
@@ -259,9 +272,10 @@ class _RowEncoder:
     general route, where every value is encoded on its own.
     """
 
-    def __init__(self, names: list[str], source: RowSource) -> None:
+    def __init__(self, quote: Callable[[str], str], names: list[str], source: RowSource) -> None:
         kinds = [source.columns[name] for name in names]
         quoted = [kind in codec.TEXT_QUOTED for kind in kinds]
+        self.select = [quote(name) for name in names]
         self.encoders = [_copy_encoder(kind) for kind in kinds]
         self.calls = [
             (i, enc) for i, enc in enumerate(self.encoders) if enc is not None and not quoted[i]
@@ -272,6 +286,10 @@ class _RowEncoder:
         self.fast_key = (
             b"[" + b",".join(b'"%b"' if quoted[i] else b"%b" for i in self.key_index) + b"]"
         )
+
+    def chunk(self, data: bytes) -> Batch:
+        pairs = [self(line) for line in data.split(b"\n")]
+        return [key for key, _ in pairs], [row for _, row in pairs]
 
     def __call__(self, line: bytes) -> tuple[bytes, bytes]:
         fields = line.split(b"\t")
@@ -290,36 +308,142 @@ class _RowEncoder:
         return (key, row) if self.key_index else (row, row)
 
 
-class _CopySink:
-    """The file object COPY writes to: complete lines become encoded rows."""
+# The codec's JSON for a value, as SQL the server evaluates: exactly the bytes
+# the text encoders above would make of its COPY text (tests compare the two).
+# Each is a format string over the quoted column.
+_SERVER_JSON = {
+    "integer": "{c}::text",
+    "boolean": "CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END",
+    # to_json prints a value with its type's output function (char(n) keeps
+    # its padding, unlike ::text) and escapes it as orjson does.
+    "string": "to_json({c})::text",
+    **{kind: "'\"' || {c}::text || '\"'" for kind in codec.TEXT_QUOTED},
+    "datetime": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMP '0001-01-01' "
+    "THEN replace({c}::text, ' ', 'T') ELSE {c}::text END || '\"'",
+    "datetime_tz": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' "
+    "THEN replace({c}::text, ' ', 'T') || ':00' ELSE {c}::text END || '\"'",
+}
+# Kinds whose COPY text is still encoded here, and which never hold the raw
+# control characters that stand for newlines and field breaks below.
+_CLIENT_KINDS = frozenset({"float", "time", "bytes", "json"})
+# In the rows the server prints, \x01 stands for a newline, which COPY would escape.
+_NEWLINE = "\x01"
 
-    def __init__(self, encode: _RowEncoder, emit: Emit) -> None:
-        self.encode = encode
+
+class _ServerRows:
+    """The server prints whole rows; Python only unescapes, splits and encodes the rest.
+
+    Each COPY line is: the row's key as the codec writes it, then the row's text
+    in segments around the values of _CLIENT_KINDS columns, which come raw and
+    are encoded here. With no such column a line is just key and row, and a
+    whole chunk is handled by a few bytes operations, with no Python per value.
+    JSON text never holds a raw control character, so \x01 can stand for the
+    row's newlines, and the only COPY escape in server-printed text is a
+    doubled backslash.
+    """
+
+    def __init__(self, select: list[str], encoders: list[codec.TextEncoder], keyed: bool) -> None:
+        self.select = select
+        self.encoders = encoders
+        self.keyed = keyed
+        self.width = len(select)
+
+    @classmethod
+    def plan(
+        cls, quote: Callable[[str], str], names: list[str], source: RowSource
+    ) -> _ServerRows | None:
+        """The query for a table, or None if the server cannot print its keys or some column."""
+        kinds = source.columns
+        if any(kinds[name] not in _SERVER_JSON.keys() | _CLIENT_KINDS for name in names):
+            return None
+        if any(kinds[name] not in _SERVER_JSON for name in source.primary_key):
+            return None
+        value = {name: _SERVER_JSON.get(kinds[name], "").format(c=quote(name)) for name in names}
+        select, encoders = [], []
+        if source.primary_key:
+            key = " || ',' || ".join(value[k] for k in source.primary_key)
+            select.append(f"'[' || {key} || ']'")
+        parts = [_literal(p.decode("utf-8")) for p in codec.field_parts(names)]
+        segment: list[str] = [parts[0]]
+        for name, part in zip(names, parts[1:], strict=True):
+            if kinds[name] in _CLIENT_KINDS:
+                select.extend([_concat(*segment), quote(name)])
+                encoders.append(_copy_encoder(kinds[name]) or _as_is)
+                segment = []
+            else:
+                segment.append(f"coalesce({value[name]}, 'null')")
+            segment.append(part)
+        select.append(_concat(*segment))
+        return cls(select, encoders, bool(source.primary_key))
+
+    def chunk(self, data: bytes) -> Batch:
+        escaped = b"\\" in data
+        if escaped and not self.encoders:
+            data, escaped = data.replace(b"\\\\", b"\\"), False
+        fields = data.replace(b"\n", b"\t").replace(_NEWLINE.encode(), b"\n").split(b"\t")
+        width, start = self.width, int(self.keyed)
+        keys = fields[0::width] if self.keyed else []
+        columns = []
+        for i in range(start, width):
+            column = fields[i::width]
+            if (i - start) % 2:
+                encode = self.encoders[(i - start) // 2]
+                column = [b"null" if raw == _COPY_NULL else encode(raw) for raw in column]
+            elif escaped:
+                column = [_unescape_server(text) for text in column]
+            columns.append(column)
+        if escaped and self.keyed:
+            keys = [_unescape_server(key) for key in keys]
+        rows = columns[0] if len(columns) == 1 else list(map(b"".join, zip(*columns, strict=True)))
+        return (keys if self.keyed else rows), rows
+
+
+def _unescape_server(text: bytes) -> bytes:
+    return text.replace(b"\\\\", b"\\") if b"\\" in text else text
+
+
+def _as_is(raw: bytes) -> bytes:
+    return raw
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal for `text`, its newlines written as _NEWLINE.
+
+    An E'' literal reads backslash escapes whatever standard_conforming_strings says.
+    """
+    escaped = text.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\x01")
+    return f"E'{escaped}'"
+
+
+def _concat(*pieces: str) -> str:
+    return " || ".join(pieces)
+
+
+class _CopySink:
+    """The file object COPY writes to: complete lines become encoded batches."""
+
+    def __init__(self, encoder: _LineEncoder, emit: Emit) -> None:
+        self.encoder = encoder
         self.emit = emit
         self.pending: list[bytes] = []
-        self.pending_bytes = 0
 
-    def write(self, data: bytes) -> int:
-        # psycopg2 writes one row at a time: gather a chunk, then encode it at once.
+    def write(self, data: bytes) -> None:
+        # psycopg2 calls this once per row, so it does as little as it can.
         self.pending.append(data)
-        self.pending_bytes += len(data)
-        if self.pending_bytes >= _COPY_CHUNK:
+        if len(self.pending) >= _COPY_BATCH_ROWS:
             self._flush()
-        return len(data)
 
     def _flush(self) -> None:
-        lines = b"".join(self.pending).split(b"\n")
-        rest = lines.pop()
-        self.pending = [rest] if rest else []
-        self.pending_bytes = len(rest)
-        if lines:
-            encode = self.encode
-            self.emit([encode(line) for line in lines])
+        data = b"".join(self.pending)
+        end = data.rfind(b"\n")
+        self.pending = [data[end + 1 :]] if end + 1 < len(data) else []
+        if end >= 0:
+            self.emit(*self.encoder.chunk(data[:end]))
 
     def finish(self) -> None:
         self._flush()
         if self.pending:
-            self.emit([self.encode(self.pending.pop())])
+            self.emit(*self.encoder.chunk(self.pending.pop()))
 
 
 def _conflict(statement: str, error: Any) -> str:
