@@ -32,8 +32,8 @@ from backend.dialects.base import RowSource
 from backend.diff import TableChange, compare_manifests
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
-from backend.repo import SnapshotRepo
-from backend.writer import Batch, ExternalSorter, TableWriter, staged_reader
+from backend.repo import BlobStore, SnapshotRepo
+from backend.writer import Batch, ExternalSorter, OnFile, TableWriter, staged_reader
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
@@ -144,15 +144,37 @@ def export_snapshot(
         check_time_order(repo, when)
         if push and repo.remote_url() is None:
             raise BadInput("--push needs a remote: use `jsonsnap remote set URL`")
-        with repo.staging() as stage:
-            manifest, staged = read_database(engine, stage, selection, progress)
-            result = commit_snapshot(repo, manifest, staged, when=when)
+        with repo.staging() as stage, repo.blob_store() as store:
+            on_file = _store_changed_files(repo, store)
+            manifest, staged = read_database(
+                engine, stage, selection, progress=progress, on_file=on_file
+            )
+            result = commit_snapshot(repo, manifest, staged, when=when, stored=store.stored())
         if push:
             try:
                 repo.push()
             except RepoError as exc:
                 result.push_error = str(exc)
         return result
+
+
+def _store_changed_files(repo: SnapshotRepo, store: BlobStore) -> OnFile:
+    """Hands the store each finished file that HEAD does not already hold."""
+    head = repo.head()
+    previous = repo.manifest_at(head) if head else None
+    old_manifest, old_blobs = previous if previous else (None, {})
+    unchanged = {
+        (f.path, f.sha256)
+        for t in (old_manifest.tables.values() if old_manifest else [])
+        for f in t.files
+        if f.path in old_blobs
+    }
+
+    def on_file(data_file: DataFile, local: Path) -> None:
+        if (data_file.path, data_file.sha256) not in unchanged:
+            store.submit(data_file.path, local)
+
+    return on_file
 
 
 def _check_reachable(engine: Engine) -> None:
@@ -171,15 +193,21 @@ def check_time_order(repo: SnapshotRepo, when: dt.datetime) -> None:
 
 
 def read_database(
-    engine: Engine, stage: Path, selection: Selection, progress: Progress | None = None
+    engine: Engine,
+    stage: Path,
+    selection: Selection,
+    *,
+    progress: Progress | None = None,
+    on_file: OnFile | None = None,
 ) -> tuple[Manifest, dict[str, Path]]:
     """Read the selected tables in one transaction into data files in `stage`.
 
-    Returns the manifest and where each of its files was staged.
+    Returns the manifest and where each of its files was staged; `on_file`
+    hears of each file as soon as it is complete.
     """
     dialect = for_engine(engine)
     with translate_db_errors(engine):
-        return _read_database(engine, dialect, stage, selection, progress)
+        return _read_database(engine, dialect, stage, selection, progress=progress, on_file=on_file)
 
 
 def _read_database(
@@ -187,7 +215,9 @@ def _read_database(
     dialect: Dialect,
     stage: Path,
     selection: Selection,
+    *,
     progress: Progress | None,
+    on_file: OnFile | None,
 ) -> tuple[Manifest, dict[str, Path]]:
     staged: dict[str, Path] = {}
     with dialect.read_transaction(engine) as conn:
@@ -195,7 +225,7 @@ def _read_database(
         plans = _plan(conn, dialect, selection)
         for plan in plans:
             plan.entry.files, plan.entry.sharded = _export_table(
-                conn, dialect, plan, stage=stage, staged=staged, progress=progress
+                conn, dialect, plan, stage=stage, staged=staged, progress=progress, on_file=on_file
             )
     manifest = Manifest(
         dialect=dialect.name,
@@ -214,9 +244,10 @@ def _export_table(
     stage: Path,
     staged: dict[str, Path],
     progress: Progress | None,
+    on_file: OnFile | None,
 ) -> tuple[list[DataFile], bool]:
     """Write one table's files to the staging folder, in key order."""
-    writer = TableWriter(stage, plan.name)
+    writer = TableWriter(stage, plan.name, on_file)
     sorter = None if plan.source.primary_key else ExternalSorter(stage)
     sink = sorter.add if sorter else writer.add
     total = _count(conn, plan) if progress else 0
@@ -341,12 +372,22 @@ def _plan_table(
         statement = statement.order_by(*[dialect.order_expr(tbl.c[k], kinds[k]) for k in key])
     return _TablePlan(
         name=name,
-        source=RowSource(schema, name, kinds, key),
+        source=RowSource(
+            schema,
+            name,
+            kinds,
+            key,
+            frozenset(c["name"] for c in kept if not c.get("nullable", True)),
+        ),
         entry=entry,
         names=[c["name"] for c in kept],
         encoders=[codec.encoder(kinds[c["name"]]) for c in kept],
         statement=statement,
     )
+
+
+def _not_null(columns: list[dict[str, Any]]) -> frozenset[str]:
+    return frozenset(c["name"] for c in columns if not c.get("nullable", True))
 
 
 def _type_name(sa_type: Any) -> str:
@@ -383,11 +424,13 @@ def commit_snapshot(
     *,
     when: dt.datetime,
     title: str | None = None,
+    stored: dict[str, str] | None = None,
 ) -> ExportResult:
     """Commit staged files as the new snapshot if they differ from HEAD.
 
     The subject is `title` (default "snapshot <time>") followed by the
-    per-table summary of rows added, deleted and changed.
+    per-table summary of rows added, deleted and changed. `stored` holds the
+    blob ids of files already in the object store (see BlobStore).
     """
     head = repo.head()
     previous = repo.manifest_at(head) if head else None
@@ -400,16 +443,20 @@ def commit_snapshot(
     new_files = {f.path: f for t in manifest.tables.values() for f in t.files}
     changed = [p for p, f in new_files.items() if old_sums.get(p) != f.sha256 or p not in old_blobs]
     blobs = {p: old_blobs[p] for p in new_files if p not in changed}
-    blobs.update(zip(changed, repo.store_files([staged[p] for p in changed]), strict=True))
+    stored = stored or {}
+    blobs.update((p, stored[p]) for p in changed if p in stored)
+    missing = [p for p in changed if p not in stored]
+    blobs.update(zip(missing, repo.store_files([staged[p] for p in missing]), strict=True))
     extra = {layout.MANIFEST: manifest.to_bytes(), layout.README: _snapshot_readme()}
+    files = dict(staged)
     for path, data in extra.items():
-        local = repo.staging_dir / path
+        files[path] = local = repo.staging_dir / path
         local.write_bytes(data)
         (blobs[path],) = repo.store_files([local])
     summary = _summarize(repo, old_manifest, old_blobs, manifest, staged=staged)
     stamp = format_timestamp(when)
     message = _message(title or f"snapshot {stamp}", summary)
-    commit = repo.commit(blobs, message, when, author_identity())
+    commit = repo.commit(blobs, message, when, author_identity(), files)
     return ExportResult(
         commit=commit,
         timestamp=stamp,

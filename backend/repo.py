@@ -9,22 +9,30 @@ the next run only has to check the work tree out again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 import time
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import git
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+from git.index.fun import write_cache
+from git.index.typ import IndexEntry
 
 from backend.config import mask_url
 from backend.errors import LockTimeout, RepoError, SnapshotCorrupt
@@ -33,6 +41,8 @@ from backend.layout import MANIFEST, TABLES_DIR, Manifest
 _ZERO = "0" * 40
 REMOTE = "origin"
 _OWNED = (MANIFEST, TABLES_DIR)
+#: Threads compressing objects beside the export: one keeps pace on two cores.
+_BLOB_WORKERS = 1
 
 
 def init_repo(path: str | os.PathLike[str]) -> SnapshotRepo:
@@ -258,8 +268,12 @@ class SnapshotRepo:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self._index_file.unlink(missing_ok=True)
         if self.head() is not None:
-            self._git("reset", "-q", "--hard")
+            self._reset_work_tree()
         self._git("clean", "-fdq", "--", *_OWNED)
+
+    def _reset_work_tree(self) -> None:
+        # `git reset --hard` without its side effect: it would leave ORIG_HEAD behind.
+        self._git("read-tree", "--reset", "-u", "HEAD")
 
     @property
     def staging_dir(self) -> Path:
@@ -279,6 +293,10 @@ class SnapshotRepo:
         finally:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
 
+    def blob_store(self) -> BlobStore:
+        """Stores files in the background as they are finished; see BlobStore."""
+        return BlobStore(self)
+
     def store_files(self, files: list[Path]) -> list[str]:
         """Write files into the object store, returning their blob ids, in one git call."""
         if not files:
@@ -290,9 +308,18 @@ class SnapshotRepo:
         return out.split()
 
     def commit(
-        self, blobs: dict[str, str], message: str, when: dt.datetime, author: tuple[str, str]
+        self,
+        blobs: dict[str, str],
+        message: str,
+        when: dt.datetime,
+        author: tuple[str, str],
+        files: dict[str, Path],
     ) -> str | None:
-        """Commit exactly `blobs` (path -> blob id) as the new tree, if it differs from HEAD."""
+        """Commit exactly `blobs` (path -> blob id) as the new tree, if it differs from HEAD.
+
+        `files` holds a local file with the exact content of each blob that
+        HEAD does not have; they become the work tree's files.
+        """
         head = self.head()
         env = {"GIT_INDEX_FILE": str(self._index_file)}
         self._index_file.unlink(missing_ok=True)
@@ -323,8 +350,37 @@ class SnapshotRepo:
             "commit-tree", "--no-gpg-sign", tree, *parents, "-F", str(msg_file), env=commit_env
         ).strip()
         self._git("update-ref", "-m", message.splitlines()[0], "HEAD", commit, head or _ZERO)
-        self._git("reset", "-q", "--hard")
+        try:
+            self._check_out(self.tree_blobs(head) if head else {}, blobs, files)
+        except OSError:
+            self._reset_work_tree()
         return commit
+
+    def _check_out(self, old: dict[str, str], new: dict[str, str], files: dict[str, Path]) -> None:
+        """The work tree and index of the new commit, without reading one object back.
+
+        The staged files are the blobs' exact bytes, so they are moved into
+        place, and the index is written with their stat data: git then sees a
+        clean tree without checking out or hashing hundreds of megabytes again,
+        as `git reset --hard` would. recover() checks out after a crash instead.
+        """
+        for path, blob in new.items():
+            if old.get(path) != blob:
+                target = self.path / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(files[path], target)
+        for path in old.keys() - new.keys():
+            target = self.path / path
+            target.unlink(missing_ok=True)
+            for parent in target.parents:
+                if parent == self.path or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+        entries = [_index_entry(self.path / path, path, new[path]) for path in sorted(new)]
+        lock = self.git_dir / "index.lock"
+        with lock.open("xb") as stream:
+            write_cache(entries, stream)
+        os.replace(lock, self.git_dir / "index")
 
     def _git(
         self, *args: str, stdin: BinaryIO | None = None, env: dict[str, str] | None = None
@@ -339,6 +395,99 @@ class SnapshotRepo:
         except GitCommandError as exc:
             raise RepoError(f"git {args[0]} failed: {_one_line(exc)}") from None
         return out
+
+
+class BlobStore:
+    """Writes finished data files into the object store on worker threads.
+
+    Compressing the objects is most of the cost of a commit; done here while the
+    export goes on reading, it overlaps with the database and the row encoding
+    (zlib and hashlib release the GIL). A loose object is git's documented
+    format: zlib("blob <size>\\0" + content), named by the SHA-1 of those bytes.
+    Each goes through a temporary file in the staging folder and a rename, as
+    git writes them: a killed run leaves no partial object, at worst whole ones
+    nothing refers to, which `git gc` prunes. A repository with another object
+    format gets its objects from `git hash-object` at commit time instead.
+    """
+
+    def __init__(self, repo: SnapshotRepo) -> None:
+        self.repo = repo
+        self.objects = repo.git_dir / "objects"
+        reader = repo.repo.config_reader()
+        self.enabled = reader.get_value("extensions", "objectformat", "sha1") == "sha1"
+        level = reader.get_value("core", "compression", zlib.Z_BEST_SPEED)
+        self.level = int(reader.get_value("core", "loosecompression", level))
+        self.pool = ThreadPoolExecutor(max_workers=_BLOB_WORKERS, thread_name_prefix="blobs")
+        self.pending: dict[str, Future[str]] = {}
+        self.created: list[Path] = []
+        self.head = repo.head()
+
+    def submit(self, path: str, local: Path) -> None:
+        if self.enabled:
+            self.pending[path] = self.pool.submit(self._write, local)
+
+    def stored(self) -> dict[str, str]:
+        """Waits for every submitted file: repo path -> blob id."""
+        return {path: future.result() for path, future in self.pending.items()}
+
+    def close(self, *, failed: bool = False) -> None:
+        """Stops the workers; after a run that failed before its commit, also
+        removes the objects it wrote, so the repository is exactly as it was."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if failed and self.repo.head() == self.head:
+            for target in self.created:
+                target.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    target.parent.rmdir()  # only if this run made the fan-out folder
+
+    def __enter__(self) -> BlobStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        self.close(failed=exc_type is not None)
+
+    def _write(self, local: Path) -> str:
+        data = local.read_bytes()
+        header = b"blob %d\0" % len(data)
+        sha = hashlib.sha1(header, usedforsecurity=False)
+        sha.update(data)
+        blob_id = sha.hexdigest()
+        target = self.objects / blob_id[:2] / blob_id[2:]
+        if not target.exists():
+            packed = zlib.compressobj(self.level)
+            body = packed.compress(header) + packed.compress(data) + packed.flush()
+            target.parent.mkdir(exist_ok=True)
+            temporary = self.repo.staging_dir / f"object-{blob_id}-{threading.get_ident()}"
+            temporary.write_bytes(body)
+            temporary.chmod(0o444)
+            os.replace(temporary, target)
+            self.created.append(target)
+        return blob_id
+
+
+def _index_entry(local: Path, path: str, blob: str) -> IndexEntry:
+    """An index entry for a file whose content is `blob`, with the stat data git compares."""
+    st = local.stat()
+    u32 = 0xFFFFFFFF
+
+    def stamp(ns: int) -> bytes:
+        return struct.pack(">LL", (ns // 10**9) & u32, ns % 10**9)
+
+    return IndexEntry(
+        (
+            0o100644,
+            bytes.fromhex(blob),
+            0,
+            path,
+            stamp(st.st_ctime_ns),
+            stamp(st.st_mtime_ns),
+            st.st_dev & u32,
+            st.st_ino & u32,
+            st.st_uid & u32,
+            st.st_gid & u32,
+            st.st_size & u32,
+        )
+    )
 
 
 def _holder_message(info: Path, timeout: float) -> str:

@@ -21,6 +21,9 @@ from backend.layout import DataFile
 #: the rows' bytes in the file, index for index. A key-less table's key is the row.
 Batch = tuple[list[bytes], list[bytes]]
 
+#: Told of each data file as soon as it is complete, with where it was staged.
+OnFile = Callable[[DataFile, Path], None]
+
 _SORT_CHUNK_BYTES = 32 * 1024 * 1024
 _MERGE_BATCH = 2000
 
@@ -65,8 +68,9 @@ class TableWriter:
     SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard file.
     """
 
-    def __init__(self, stage: Path, table: str) -> None:
+    def __init__(self, stage: Path, table: str, on_file: OnFile | None = None) -> None:
         self.stage = stage
+        self.on_file = on_file
         self.stem = layout.table_stem(table)
         self.keys: list[bytes] = []
         self.rows: list[bytes] = []
@@ -93,7 +97,7 @@ class TableWriter:
             current.add(rows[start:cut])
             start = cut
             if current.rows:
-                self.closed.append(current.close())
+                self._close(current)
             else:  # the table's first row is itself a cut: no "first" shard
                 current.discard()
                 self.shards.pop()
@@ -106,19 +110,24 @@ class TableWriter:
         )
         return _StagedFile(self.stage, path)
 
+    def _close(self, staged_file: _StagedFile) -> None:
+        data_file = staged_file.close()
+        self.closed.append(data_file)
+        if self.on_file:
+            self.on_file(data_file, staged_file.local)
+
     def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
         """Close the files and record them in `staged` (repo path -> local file)."""
         if self.shards:
-            self.closed.append(self.shards[-1].close())
-            files, sharded = self.closed, True
+            self._close(self.shards[-1])
             opened = self.shards
         else:
-            single = self._open(None)
-            single.add(self.rows)
-            files, sharded, opened = [single.close()], False, [single]
+            opened = [self._open(None)]
+            opened[0].add(self.rows)
+            self._close(opened[0])
         for staged_file in opened:
             staged[staged_file.path] = staged_file.local
-        return files, sharded
+        return self.closed, bool(self.shards)
 
 
 class ExternalSorter:

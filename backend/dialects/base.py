@@ -33,6 +33,7 @@ class RowSource:
     table: str
     columns: dict[str, str]  # name -> kind
     primary_key: list[str]
+    not_null: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

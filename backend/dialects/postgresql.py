@@ -310,18 +310,27 @@ class _RowEncoder:
 
 # The codec's JSON for a value, as SQL the server evaluates: exactly the bytes
 # the text encoders above would make of its COPY text (tests compare the two).
-# Each is a format string over the quoted column.
-_SERVER_JSON = {
-    "integer": "{c}::text",
-    "boolean": "CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END",
+# Each is the arguments of a concat() (which prints each with its type's output
+# function, as COPY does), as format strings over the quoted column.
+_SERVER_JSON: dict[str, tuple[str, ...]] = {
+    "integer": ("{c}",),
+    "boolean": ("CASE WHEN {c} THEN 'true' ELSE 'false' END",),
     # to_json prints a value with its type's output function (char(n) keeps
     # its padding, unlike ::text) and escapes it as orjson does.
-    "string": "to_json({c})::text",
-    **{kind: "'\"' || {c}::text || '\"'" for kind in codec.TEXT_QUOTED},
-    "datetime": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMP '0001-01-01' "
-    "THEN replace({c}::text, ' ', 'T') ELSE {c}::text END || '\"'",
-    "datetime_tz": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' "
-    "THEN replace({c}::text, ' ', 'T') || ':00' ELSE {c}::text END || '\"'",
+    "string": ("to_json({c})",),
+    **{kind: ("'\"'", "{c}", "'\"'") for kind in codec.TEXT_QUOTED},
+    "datetime": (
+        "'\"'",
+        "CASE WHEN isfinite({c}) AND {c} >= TIMESTAMP '0001-01-01' "
+        "THEN replace({c}::text, ' ', 'T') ELSE {c}::text END",
+        "'\"'",
+    ),
+    "datetime_tz": (
+        "'\"'",
+        "CASE WHEN isfinite({c}) AND {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' "
+        "THEN replace({c}::text, ' ', 'T') || ':00' ELSE {c}::text END",
+        "'\"'",
+    ),
 }
 # Kinds whose COPY text is still encoded here, and which never hold the raw
 # control characters that stand for newlines and field breaks below.
@@ -358,22 +367,23 @@ class _ServerRows:
             return None
         if any(kinds[name] not in _SERVER_JSON for name in source.primary_key):
             return None
-        value = {name: _SERVER_JSON.get(kinds[name], "").format(c=quote(name)) for name in names}
         select, encoders = [], []
         if source.primary_key:
-            key = " || ',' || ".join(value[k] for k in source.primary_key)
-            select.append(f"'[' || {key} || ']'")
+            keys: list[str] = []
+            for k in source.primary_key:
+                keys.extend([*(["','"] if keys else []), *_server_value(quote(k), kinds[k], True)])
+            select.append(_concat(["'['", *keys, "']'"]))
         parts = [_literal(p.decode("utf-8")) for p in codec.field_parts(names)]
         segment: list[str] = [parts[0]]
         for name, part in zip(names, parts[1:], strict=True):
             if kinds[name] in _CLIENT_KINDS:
-                select.extend([_concat(*segment), quote(name)])
+                select.extend([_concat(segment), quote(name)])
                 encoders.append(_copy_encoder(kinds[name]) or _as_is)
                 segment = []
             else:
-                segment.append(f"coalesce({value[name]}, 'null')")
+                segment.extend(_server_value(quote(name), kinds[name], name in source.not_null))
             segment.append(part)
-        select.append(_concat(*segment))
+        select.append(_concat(segment))
         return cls(select, encoders, bool(source.primary_key))
 
     def chunk(self, data: bytes) -> Batch:
@@ -415,8 +425,17 @@ def _literal(text: str) -> str:
     return f"E'{escaped}'"
 
 
-def _concat(*pieces: str) -> str:
-    return " || ".join(pieces)
+def _server_value(column: str, kind: str, not_null: bool) -> list[str]:
+    """concat() arguments for a value's JSON; a nullable one is written null when NULL."""
+    args = [arg.format(c=column) for arg in _SERVER_JSON[kind]]
+    if not_null:
+        return args
+    return [f"CASE WHEN {column} IS NULL THEN 'null' ELSE {_concat(args)} END"]
+
+
+def _concat(args: list[str]) -> str:
+    # One concat() instead of a chain of ||, which would copy the row once per piece.
+    return f"concat({', '.join(args)})"
 
 
 class _CopySink:
