@@ -725,3 +725,22 @@ def test_dates_resolve_across_3650_daily_snapshots(sqlite_url, repo_path):
     )
     assert load_snapshot(repo_path, at="2018-08-08") == {"t": [{"id": 1, "v": "a"}]}
     assert len(list_snapshots(repo_path)) == days
+
+
+def test_commits_pack_the_repository_when_git_says_it_is_time(sqlite_url, repo_path):
+    # Plumbing commits never trigger git's automatic gc; export runs it itself.
+    # Two packs against gc.autoPackLimit=1 make it due, whatever the sampling.
+    execute(sqlite_url, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    for value in ("a", "b", "c"):
+        execute(sqlite_url, "DELETE FROM t", f"INSERT INTO t VALUES (1, '{value}')")
+        assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
+        if value != "c":
+            git(repo_path, "repack", "-d", "-q")
+            git(repo_path, "config", "gc.autoPackLimit", "0")  # off: exports so far
+    git(repo_path, "config", "gc.autoPackLimit", "1")
+    execute(sqlite_url, "UPDATE t SET v = 'd'")
+    assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
+    counts = dict(line.split(": ") for line in git(repo_path, "count-objects", "-v").splitlines())
+    assert (counts["count"], counts["packs"]) == ("0", "1")
+    assert git(repo_path, "status", "--porcelain") == ""
+    assert git(repo_path, "rev-list", "--count", "HEAD") == "4\n"

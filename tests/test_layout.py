@@ -323,7 +323,7 @@ def test_new_shards_are_in_place_with_the_index_matching_them(sharded):
     # Export moves the staged files into the work tree and writes the index with
     # their stat data; diff-files trusts that data without hashing, so any stale
     # entry would show here. The objects were written by jsonsnap itself.
-    db, ids = sharded
+    db, _ = sharded
     key = next(k for k in range(41, 121, 2) if is_cut(k))
     execute(db.url, f"INSERT INTO t VALUES ({key}, 'new')", "DELETE FROM t WHERE id = 2")
     assert db.export().exit_code == 0
