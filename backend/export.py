@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import importlib.resources
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,42 +221,99 @@ def _read_database(
     progress: Progress | None,
     on_file: OnFile | None,
 ) -> tuple[Manifest, dict[str, Path]]:
-    staged: dict[str, Path] = {}
+    run = _Run(stage, {}, progress, on_file)
     with dialect.read_transaction(engine) as conn:
         schema_name = selection.schema or dialect.default_schema(conn)
         plans = _plan(conn, dialect, selection)
-        for plan in plans:
-            plan.entry.files, plan.entry.sharded = _export_table(
-                conn, dialect, plan, stage=stage, staged=staged, progress=progress, on_file=on_file
-            )
+        # Progress bars draw one table at a time, so a run that shows them
+        # reads the tables in turn; any other reads them side by side.
+        wanted = 0 if progress else min(_READERS, len(plans)) - 1
+        with dialect.sibling_readers(engine, conn, wanted) as siblings:
+            sizes = dialect.table_sizes(conn, selection.schema, [p.name for p in plans])
+            largest_first = sorted(plans, key=lambda p: -sizes.get(p.name, 0))
+            _export_tables(dialect, [conn, *siblings], largest_first, run)
     manifest = Manifest(
         dialect=dialect.name,
         schema=schema_name,
         selection=selection.to_json(),
         tables={p.name: p.entry for p in plans},
     )
-    return manifest, staged
+    return manifest, run.staged
+
+
+#: Connections reading tables side by side, as `pg_dump --jobs 2`: the server's
+#: work (printing rows) then runs on two cores.
+_READERS = 2
+
+
+@dataclass
+class _Run:
+    """What the tables of one read share: where files go, who hears of them, when to stop."""
+
+    stage: Path
+    staged: dict[str, Path]
+    progress: Progress | None
+    on_file: OnFile | None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class _Stopped(Exception):
+    """Another reader failed: this one gives up its table."""
+
+
+def _export_tables(
+    dialect: Dialect, readers: list[Connection], plans: list[_TablePlan], run: _Run
+) -> None:
+    """Each reader takes the next table until none is left; the first failure stops all.
+
+    The caller's connection reads in this thread, the others in helper threads;
+    the failure re-raised is the real one, not a reader's reaction to it.
+    """
+    pending = list(plans)
+    lock = threading.Lock()
+
+    def work(conn: Connection) -> None:
+        try:
+            while not run.stop.is_set():
+                with lock:
+                    if not pending:
+                        return
+                    plan = pending.pop(0)
+                plan.entry.files, plan.entry.sharded = _export_table(conn, dialect, plan, run)
+        except BaseException:
+            run.stop.set()
+            raise
+
+    if len(readers) == 1:
+        work(readers[0])
+        return
+    with ThreadPoolExecutor(len(readers) - 1, thread_name_prefix="reader") as pool:
+        helpers = [pool.submit(work, conn) for conn in readers[1:]]
+        failures: list[BaseException] = []
+        try:
+            work(readers[0])
+        except BaseException as exc:
+            failures.append(exc)
+        failures += [e for e in (helper.exception() for helper in helpers) if e is not None]
+    if failures:
+        raise next((f for f in failures if not isinstance(f, _Stopped)), failures[0])
 
 
 def _export_table(
-    conn: Connection,
-    dialect: Dialect,
-    plan: _TablePlan,
-    *,
-    stage: Path,
-    staged: dict[str, Path],
-    progress: Progress | None,
-    on_file: OnFile | None,
+    conn: Connection, dialect: Dialect, plan: _TablePlan, run: _Run
 ) -> tuple[list[DataFile], bool]:
     """Write one table's files to the staging folder, in key order."""
-    writer = TableWriter(stage, plan.name, on_file)
-    sorter = None if plan.source.primary_key else ExternalSorter(stage)
+    writer = TableWriter(run.stage, plan.name, run.on_file)
+    sorter = None if plan.source.primary_key else ExternalSorter(run.stage)
     sink = sorter.add if sorter else writer.add
+    progress = run.progress
     total = _count(conn, plan) if progress else 0
     done = 0
 
     def take(keys: list[bytes], rows: list[bytes]) -> None:
         nonlocal done
+        if run.stop.is_set():
+            raise _Stopped
         sink(keys, rows)
         done += len(rows)
         if progress and rows:
@@ -268,7 +327,7 @@ def _export_table(
     if sorter:
         for batch in sorter.sorted_batches():
             writer.add(*batch)
-    return writer.finish(staged)
+    return writer.finish(run.staged)
 
 
 def _plan(conn: Connection, dialect: Dialect, selection: Selection) -> list[_TablePlan]:

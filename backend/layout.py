@@ -189,8 +189,24 @@ class Manifest:
 
 
 def split_rows(data: bytes) -> list[bytes]:
-    """A data file's rows as the exact bytes `pretty_row` wrote, without parsing JSON."""
-    return list(iter_rows(data))
+    """A data file's rows as the exact bytes `pretty_row` wrote, without parsing JSON.
+
+    All at once, by one split in C: the fast way when the whole file is wanted.
+    """
+    rows = split_bare_rows(data)
+    return [row + _ROW_END for row in rows[:-1]] + rows[-1:]
+
+
+def split_bare_rows(data: bytes) -> list[bytes]:
+    """`split_rows` without the closing brace of every row but the last; see close_row."""
+    body = _rows_text(data)
+    return [] if body is None else body.split(_BETWEEN_ROWS)
+
+
+def close_row(bare_rows: list[bytes], index: int) -> bytes:
+    """Row `index` of `split_bare_rows`, whole."""
+    row = bare_rows[index]
+    return row if index == len(bare_rows) - 1 else row + _ROW_END
 
 
 def iter_rows(data: bytes) -> Iterator[bytes]:
@@ -199,12 +215,24 @@ def iter_rows(data: bytes) -> Iterator[bytes]:
     Row objects sit at an indent of two spaces, and JSON strings cannot hold a raw
     newline, so '\\n  },\\n' occurs only between two rows.
     """
-    if data in (b"[]\n", b"[\n]\n"):
+    body = _rows_text(data)
+    if body is None:
         return
+    start = 0
+    while (cut := body.find(_BETWEEN_ROWS, start)) >= 0:
+        yield body[start:cut] + _ROW_END
+        start = cut + len(_BETWEEN_ROWS)
+    yield body[start:]
+
+
+_BETWEEN_ROWS = b"\n  },\n"
+_ROW_END = b"\n  }"
+
+
+def _rows_text(data: bytes) -> bytes | None:
+    """The rows of a data file with the array's brackets taken off; None if it has none."""
+    if data in (b"[]\n", b"[\n]\n"):
+        return None
     if not (data.startswith(b"[\n") and data.endswith(b"\n]\n")):
         raise SnapshotCorrupt("a data file is not a jsonsnap row array")
-    start, end = 2, len(data) - 3
-    while (cut := data.find(b"\n  },\n", start, end)) >= 0:
-        yield data[start : cut + 4]  # the row, with its closing "\n  }"
-        start = cut + 6
-    yield data[start:end]
+    return data[2:-3]

@@ -30,6 +30,7 @@ from conftest import PG_SERVER, execute, git, repo_state, work_tree
 
 from backend.cli import main
 from backend.db import make_engine
+from backend.dialects import for_engine
 from backend.errors import DatabaseFailure
 from backend.export import export_snapshot
 from backend.repo import SnapshotRepo
@@ -275,7 +276,9 @@ def test_backend_terminated_mid_export_via_cli_exits_1_with_one_line(pg_url, rep
                 procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
             )
             pid = wait_for(lambda: blocked_backend(admin), "the export to block on table b", proc)
-            assert os.listdir(repo_path / ".git" / "jsonsnap-staging") == ["tables%a.json"]
+            staging = repo_path / ".git" / "jsonsnap-staging"
+            # a is read beside b, so it may still be finishing.
+            wait_for(lambda: os.listdir(staging) == ["tables%a.json"], "a to be staged", proc)
             with admin.connect() as conn:
                 assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar() is True
             holder.rollback()
@@ -625,3 +628,56 @@ def test_password_never_shown_on_failure(pg_url, secret_url, repo_path, case):
     assert repo_state(repo_path) == before
     assert PASSWORD not in git(repo_path, "log", "--format=%B")
     assert PASSWORD.encode() not in everything_in(repo_path)
+
+
+# ------------------------------------------------------ tables read side by side
+
+
+def test_side_by_side_readers_see_the_snapshot_of_the_first(pg_url):
+    # A sibling opened after a commit by someone else still sees the moment
+    # the export's own transaction began, as pg_dump --jobs readers do.
+    fill(pg_url, "a", 3)
+    engine = make_engine(pg_url)
+    dialect = for_engine(engine)
+    try:
+        with dialect.read_transaction(engine) as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM a").scalar() == 3
+            execute(pg_url, "INSERT INTO a VALUES (4, 'late')")
+            with dialect.sibling_readers(engine, conn, 1) as siblings:
+                assert len(siblings) == 1
+                assert siblings[0].exec_driver_sql("SELECT count(*) FROM a").scalar() == 3
+                assert siblings[0].exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+    finally:
+        engine.dispose()
+
+
+def test_side_by_side_and_one_by_one_reads_write_the_same_snapshot(pg_url, tmp_path):
+    fill(pg_url, "a", 12000)
+    fill(pg_url, "b", 300)
+    fill(pg_url, "c", 5)
+    side_by_side, one_by_one = tmp_path / "side", tmp_path / "one"
+    export(pg_url, side_by_side, T1)
+    export(pg_url, one_by_one, T1, progress=lambda table, done, total: None)
+    assert work_tree(side_by_side) == work_tree(one_by_one)
+    assert git(side_by_side, "rev-parse", "HEAD^{tree}") == git(
+        one_by_one, "rev-parse", "HEAD^{tree}"
+    )
+
+
+def test_a_reader_failing_stops_the_other_and_reports_the_real_error(pg_url, repo_path, make_role):
+    # b fails at once (no privilege) while the other reader is in the middle of
+    # a: the export stops, with b's error and not the other reader's reaction.
+    fill(pg_url, "a", 40000)
+    fill(pg_url, "b", 5)
+    export(pg_url, repo_path, T1)
+    before = repo_state(repo_path)
+    execute(pg_url, "UPDATE a SET v = 'changed' WHERE id = 7")
+    role = make_role(select_on=("a",))
+    url = f"postgresql://{role}@127.0.0.1/{db_name(pg_url)}"
+
+    rc, out, err = cli("export", "--db", url, "--repo", str(repo_path), "--timestamp", T2)
+
+    assert (rc, out) == (1, "")
+    assert err.endswith("): permission denied for table b\n"), err
+    assert repo_state(repo_path) == before
+    assert_clean(repo_path)

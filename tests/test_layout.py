@@ -333,3 +333,13 @@ def test_new_shards_are_in_place_with_the_index_matching_them(sharded):
     for path in git(db.repo, "ls-files").splitlines():
         blob = git(db.repo, "rev-parse", f"HEAD:{path}").strip()
         assert git(db.repo, "hash-object", "--no-filters", path).strip() == blob
+
+
+def test_a_row_replaced_by_another_key_in_the_same_shard_is_added_and_deleted(sharded):
+    # Same shard, same row count, one differing row: not a change, since its key differs.
+    db, ids = sharded
+    key = next(k for k in ids[20:] if not is_cut(k) and not is_cut(k + 1))
+    execute(db.url, f"DELETE FROM t WHERE id = {key}", f"INSERT INTO t VALUES ({key + 1}, 'x')")
+    assert db.export().exit_code == 0
+    assert db.changed_files() == [shard_of(ids, key)]
+    assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t +1 -1\n"

@@ -66,6 +66,20 @@ class Dialect:
         with engine.connect() as conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def sibling_readers(
+        self, engine: Engine, conn: Connection, count: int
+    ) -> Iterator[list[Connection]]:
+        """Up to `count` more connections that see exactly what `conn` sees,
+        so tables can be read side by side; none where the database cannot."""
+        yield []
+
+    def table_sizes(
+        self, conn: Connection, schema: str | None, tables: list[str]
+    ) -> dict[str, int]:
+        """A rough size of each table, to read the largest first; empty if unknown."""
+        return {}
+
     def select_expr(self, column: ColumnClause[Any], kind: str) -> ColumnElement[Any]:
         """How to read a column so the value reaches the codec without loss."""
         return column

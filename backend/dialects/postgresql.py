@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
 from sqlalchemy import ARRAY, Engine, Text, cast, text, type_coerce
 from sqlalchemy.dialects.postgresql import INTERVAL
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
 from backend import codec
@@ -42,18 +43,42 @@ class PostgresDialect(Dialect):
         # The isolation pg_dump uses: every table read sees the same snapshot,
         # and READ ONLY guarantees the export never writes by mistake. The
         # settings fix every text rendering that a server's defaults could vary.
-        with engine.connect() as conn:
-            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            with conn.begin():
-                for setting in (
-                    "TIME ZONE 'UTC'",
-                    "DateStyle = 'ISO, YMD'",
-                    "IntervalStyle = 'iso_8601'",
-                    "extra_float_digits = 3",
-                    "bytea_output = 'hex'",
-                ):
-                    conn.exec_driver_sql(f"SET LOCAL {setting}")
-                yield conn
+        with _snapshot_reader(engine) as conn:
+            yield conn
+
+    @contextmanager
+    def sibling_readers(
+        self, engine: Engine, conn: Connection, count: int
+    ) -> Iterator[list[Connection]]:
+        """Connections that share `conn`'s snapshot, as pg_dump --jobs does.
+
+        An optimisation only: if the server has no connection to spare, there
+        are fewer.
+        """
+        snapshot = ""
+        if count > 0:  # PostgreSQL 10 or later, also on a standby
+            snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+        with ExitStack() as stack:
+            siblings: list[Connection] = []
+            while snapshot and len(siblings) < count:
+                try:
+                    siblings.append(stack.enter_context(_snapshot_reader(engine, snapshot)))
+                except DBAPIError:
+                    break
+            yield siblings
+
+    def table_sizes(
+        self, conn: Connection, schema: str | None, tables: list[str]
+    ) -> dict[str, int]:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, c.relpages FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = :schema AND c.relname = ANY(:tables)"
+            ),
+            {"schema": schema or self.default_schema(conn), "tables": tables},
+        )
+        return {name: int(pages) for name, pages in rows}
 
     def select_expr(self, column: ColumnClause[Any], kind: str) -> ColumnElement[Any]:
         base = kind.removeprefix("array:")
@@ -209,6 +234,29 @@ class PostgresDialect(Dialect):
         return str(conn.execute(text("SELECT current_schema()")).scalar_one())
 
 
+# Every text rendering a server's defaults could vary, fixed for the export.
+_READ_SETTINGS = (
+    "TIME ZONE 'UTC'",
+    "DateStyle = 'ISO, YMD'",
+    "IntervalStyle = 'iso_8601'",
+    "extra_float_digits = 3",
+    "bytea_output = 'hex'",
+)
+
+
+@contextmanager
+def _snapshot_reader(engine: Engine, snapshot: str | None = None) -> Iterator[Connection]:
+    """A REPEATABLE READ, READ ONLY transaction; with `snapshot`, seeing exactly that one."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            if snapshot:  # must come first in the transaction
+                conn.execute(text("SET TRANSACTION SNAPSHOT :id"), {"id": snapshot})
+            for setting in _READ_SETTINGS:
+                conn.exec_driver_sql(f"SET LOCAL {setting}")
+            yield conn
+
+
 def _copy(conn: Connection, sql: str, stream: Any, size: int = 8192) -> None:
     """COPY on the raw psycopg2 cursor, beside SQLAlchemy: so mind its connection.
 
@@ -224,6 +272,11 @@ def _copy(conn: Connection, sql: str, stream: Any, size: int = 8192) -> None:
     except conn.dialect.loaded_dbapi.Error as exc:
         if conn.dialect.is_disconnect(exc, dbapi_connection, cursor):
             conn.invalidate(exc)
+        raise
+    except BaseException:
+        # Raised by the stream itself (a stop request, an interrupt): the
+        # connection is still in the middle of the COPY and cannot be reused.
+        conn.invalidate()
         raise
     finally:
         if not cursor.closed:
