@@ -14,7 +14,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,10 @@ from backend.config import author_identity, format_timestamp, parse_timestamp
 from backend.db import translate_db_errors
 from backend.dialects import Dialect, for_engine
 from backend.dialects.base import RowSource
-from backend.diff import TableChange, compare_manifests
+from backend.diff import TableChange, compare_manifests, compare_tables
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
-from backend.repo import BlobStore, SnapshotRepo
+from backend.repo import SnapshotRepo
 from backend.writer import Batch, ExternalSorter, OnFile, TableWriter, staged_reader
 
 #: Progress callback: (table, rows done, rows in the table).
@@ -146,12 +146,16 @@ def export_snapshot(
         check_time_order(repo, when)
         if push and repo.remote_url() is None:
             raise BadInput("--push needs a remote: use `jsonsnap remote set URL`")
-        with repo.staging() as stage, repo.blob_store() as store:
-            on_file = _store_changed_files(repo, store)
+        with repo.staging() as stage, _Beside(repo) as beside:
             manifest, staged = read_database(
-                engine, stage, selection, progress=progress, on_file=on_file
+                engine,
+                stage,
+                selection,
+                progress=progress,
+                on_file=beside.on_file,
+                on_table=beside.on_table,
             )
-            result = commit_snapshot(repo, manifest, staged, when=when, stored=store.stored())
+            result = commit_snapshot(repo, manifest, staged, when=when, prepared=beside.results())
         if push:
             try:
                 repo.push()
@@ -160,23 +164,67 @@ def export_snapshot(
         return result
 
 
-def _store_changed_files(repo: SnapshotRepo, store: BlobStore) -> OnFile:
-    """Hands the store each finished file that HEAD does not already hold."""
-    head = repo.head()
-    previous = repo.manifest_at(head) if head else None
-    old_manifest, old_blobs = previous if previous else (None, {})
-    unchanged = {
-        (f.path, f.sha256)
-        for t in (old_manifest.tables.values() if old_manifest else [])
-        for f in t.files
-        if f.path in old_blobs
-    }
+@dataclass
+class Prepared:
+    """What was done beside the read, for the commit: the blob ids of files
+    already stored, and the row changes of the tables already compared."""
 
-    def on_file(data_file: DataFile, local: Path) -> None:
-        if (data_file.path, data_file.sha256) not in unchanged:
-            store.submit(data_file.path, local)
+    stored: dict[str, str] = field(default_factory=dict)
+    changes: dict[str, TableChange] = field(default_factory=dict)
 
-    return on_file
+
+#: Told of each table as soon as its files are complete, with where they were staged.
+OnTable = Callable[[TableEntry, dict[str, Path]], None]
+
+
+class _Beside:
+    """Work on the finished files and tables, on worker threads while the read goes on.
+
+    Each changed file is written into git's object store (see BlobStore), and
+    each table is compared with HEAD for the commit's summary: after the
+    largest tables, which are read first, the commit has little left to do.
+    """
+
+    def __init__(self, repo: SnapshotRepo) -> None:
+        self.repo = repo
+        head = repo.head()
+        previous = repo.manifest_at(head) if head else None
+        self.old: Manifest | None = previous[0] if previous else None
+        self.old_blobs: dict[str, str] = previous[1] if previous else {}
+        self.unchanged = {
+            (f.path, f.sha256)
+            for t in (self.old.tables.values() if self.old else [])
+            for f in t.files
+            if f.path in self.old_blobs
+        }
+        self.store = repo.blob_store()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary")
+        self.changes: dict[str, Future[TableChange]] = {}
+
+    def on_file(self, data_file: DataFile, local: Path) -> None:
+        if (data_file.path, data_file.sha256) not in self.unchanged:
+            self.store.submit(data_file.path, local)
+
+    def on_table(self, entry: TableEntry, staged: dict[str, Path]) -> None:
+        old = self.old.tables.get(entry.name) if self.old else None
+        self.changes[entry.name] = self.pool.submit(
+            compare_tables, old, entry, self._read_old, staged_reader(staged)
+        )
+
+    def _read_old(self, files: list[DataFile]) -> Iterator[bytes]:
+        return self.repo.read_head_files(files, self.old_blobs)
+
+    def results(self) -> Prepared:
+        """Waits for the workers."""
+        changes = {name: future.result() for name, future in self.changes.items()}
+        return Prepared(self.store.stored(), changes)
+
+    def __enter__(self) -> _Beside:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.store.close(failed=exc_type is not None)
 
 
 def _check_reachable(engine: Engine) -> None:
@@ -201,33 +249,28 @@ def read_database(
     *,
     progress: Progress | None = None,
     on_file: OnFile | None = None,
+    on_table: OnTable | None = None,
 ) -> tuple[Manifest, dict[str, Path]]:
     """Read the selected tables in one transaction into data files in `stage`.
 
     Returns the manifest and where each of its files was staged; `on_file`
-    hears of each file as soon as it is complete.
+    and `on_table` hear of each file and table as soon as it is complete.
     """
     dialect = for_engine(engine)
+    run = _Run(stage, {}, progress, on_file, on_table)
     with translate_db_errors(engine):
-        return _read_database(engine, dialect, stage, selection, progress=progress, on_file=on_file)
+        return _read_database(engine, dialect, selection, run)
 
 
 def _read_database(
-    engine: Engine,
-    dialect: Dialect,
-    stage: Path,
-    selection: Selection,
-    *,
-    progress: Progress | None,
-    on_file: OnFile | None,
+    engine: Engine, dialect: Dialect, selection: Selection, run: _Run
 ) -> tuple[Manifest, dict[str, Path]]:
-    run = _Run(stage, {}, progress, on_file)
     with dialect.read_transaction(engine) as conn:
         schema_name = selection.schema or dialect.default_schema(conn)
         plans = _plan(conn, dialect, selection)
         # Progress bars draw one table at a time, so a run that shows them
         # reads the tables in turn; any other reads them side by side.
-        wanted = 0 if progress else min(_READERS, len(plans)) - 1
+        wanted = 0 if run.progress else min(_READERS, len(plans)) - 1
         with dialect.sibling_readers(engine, conn, wanted) as siblings:
             sizes = dialect.table_sizes(conn, selection.schema, [p.name for p in plans])
             largest_first = sorted(plans, key=lambda p: -sizes.get(p.name, 0))
@@ -254,6 +297,7 @@ class _Run:
     staged: dict[str, Path]
     progress: Progress | None
     on_file: OnFile | None
+    on_table: OnTable | None
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -280,6 +324,8 @@ def _export_tables(
                         return
                     plan = pending.pop(0)
                 plan.entry.files, plan.entry.sharded = _export_table(conn, dialect, plan, run)
+                if run.on_table:
+                    run.on_table(plan.entry, run.staged)
         except BaseException:
             run.stop.set()
             raise
@@ -483,14 +529,15 @@ def commit_snapshot(
     *,
     when: dt.datetime,
     title: str | None = None,
-    stored: dict[str, str] | None = None,
+    prepared: Prepared | None = None,
 ) -> ExportResult:
     """Commit staged files as the new snapshot if they differ from HEAD.
 
     The subject is `title` (default "snapshot <time>") followed by the
-    per-table summary of rows added, deleted and changed. `stored` holds the
-    blob ids of files already in the object store (see BlobStore).
+    per-table summary of rows added, deleted and changed. `prepared` holds
+    what was already done while the database was read.
     """
+    prepared = prepared or Prepared()
     head = repo.head()
     previous = repo.manifest_at(head) if head else None
     old_manifest, old_blobs = previous if previous else (None, {})
@@ -502,7 +549,7 @@ def commit_snapshot(
     new_files = {f.path: f for t in manifest.tables.values() for f in t.files}
     changed = [p for p, f in new_files.items() if old_sums.get(p) != f.sha256 or p not in old_blobs]
     blobs = {p: old_blobs[p] for p in new_files if p not in changed}
-    stored = stored or {}
+    stored = prepared.stored
     blobs.update((p, stored[p]) for p in changed if p in stored)
     missing = [p for p in changed if p not in stored]
     blobs.update(zip(missing, repo.store_files([staged[p] for p in missing]), strict=True))
@@ -512,7 +559,9 @@ def commit_snapshot(
         files[path] = local = repo.staging_dir / path
         local.write_bytes(data)
         (blobs[path],) = repo.store_files([local])
-    summary = _summarize(repo, old_manifest, old_blobs, manifest, staged=staged)
+    summary = _summarize(
+        repo, old_manifest, old_blobs, manifest, staged=staged, known=prepared.changes
+    )
     stamp = format_timestamp(when)
     message = _message(title or f"snapshot {stamp}", summary)
     commit = repo.commit(blobs, message, when, author_identity(), files)
@@ -531,13 +580,18 @@ def _summarize(
     new: Manifest,
     *,
     staged: dict[str, Path],
+    known: dict[str, TableChange],
 ) -> dict[str, TableChange]:
+    """Every table's changes: those `known` already, the others (dropped ones) compared now."""
     old_tables = old.tables if old else {}
 
     def read_old(files: list[DataFile]) -> Iterator[bytes]:
-        return repo.read_blobs([old_blobs[f.path] for f in files])
+        return repo.read_head_files(files, old_blobs)
 
-    return compare_manifests(old_tables, new.tables, read_old, staged_reader(staged))
+    names = sorted((set(old_tables) | set(new.tables)) - set(known))
+    summary = compare_manifests(old_tables, new.tables, read_old, staged_reader(staged), names)
+    summary.update((name, change) for name, change in known.items() if change)
+    return dict(sorted(summary.items()))
 
 
 def _message(title: str, summary: dict[str, TableChange]) -> str:
