@@ -108,19 +108,22 @@ class PostgresDialect(Dialect):
             return False
         names = sorted(source.columns)
         quote = conn.dialect.identifier_preparer.quote
-        table = quote(source.table)
-        if source.schema:
-            table = f"{quote(source.schema)}.{table}"
+
+        def column(name: str) -> str:
+            return f"t.{quote(name)}"
+
         order = [
-            quote(k) + (' COLLATE "C"' if source.columns[k] in _COLLATABLE else "")
+            column(k) + (' COLLATE "C"' if source.columns[k] in _COLLATABLE else "")
             for k in source.primary_key
         ]
-        encoder: _LineEncoder | None = _ServerRows.plan(quote, names, source)
-        if encoder is None:
-            encoder = _RowEncoder(quote, names, source)
+        server = _ServerRows.plan(column, names, source)
+        encoder: _LineEncoder = server or _RowEncoder(column, names, source)
+        tables = [f"{self.quote(conn, source.schema, source.table)} AS t"]
+        if server and server.lateral:
+            tables.append(server.lateral)
         # Every identifier is quoted by SQLAlchemy's preparer, every literal by
         # _literal; nothing else is interpolated.
-        select = f"SELECT {', '.join(encoder.select)} FROM {table}"  # noqa: S608
+        select = f"SELECT {', '.join(encoder.select)} FROM {', '.join(tables)}"  # noqa: S608
         if order:
             select += f" ORDER BY {', '.join(order)}"
         sink = _CopySink(encoder, emit)
@@ -363,27 +366,18 @@ class _RowEncoder:
 
 # The codec's JSON for a value, as SQL the server evaluates: exactly the bytes
 # the text encoders above would make of its COPY text (tests compare the two).
-# Each is the arguments of a concat() (which prints each with its type's output
-# function, as COPY does), as format strings over the quoted column.
-_SERVER_JSON: dict[str, tuple[str, ...]] = {
-    "integer": ("{c}",),
-    "boolean": ("CASE WHEN {c} THEN 'true' ELSE 'false' END",),
+# Each is a format string over the qualified, quoted column.
+_SERVER_JSON = {
+    "integer": "{c}::text",
+    "boolean": "CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END",
     # to_json prints a value with its type's output function (char(n) keeps
     # its padding, unlike ::text) and escapes it as orjson does.
-    "string": ("to_json({c})",),
-    **{kind: ("'\"'", "{c}", "'\"'") for kind in codec.TEXT_QUOTED},
-    "datetime": (
-        "'\"'",
-        "CASE WHEN isfinite({c}) AND {c} >= TIMESTAMP '0001-01-01' "
-        "THEN replace({c}::text, ' ', 'T') ELSE {c}::text END",
-        "'\"'",
-    ),
-    "datetime_tz": (
-        "'\"'",
-        "CASE WHEN isfinite({c}) AND {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' "
-        "THEN replace({c}::text, ' ', 'T') || ':00' ELSE {c}::text END",
-        "'\"'",
-    ),
+    "string": "to_json({c})::text",
+    **{kind: "'\"' || {c}::text || '\"'" for kind in codec.TEXT_QUOTED},
+    "datetime": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMP '0001-01-01' "
+    "THEN replace({c}::text, ' ', 'T') ELSE {c}::text END || '\"'",
+    "datetime_tz": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' "
+    "THEN replace({c}::text, ' ', 'T') || ':00' ELSE {c}::text END || '\"'",
 }
 # Kinds whose COPY text is still encoded here, and which never hold the raw
 # control characters that stand for newlines and field breaks below.
@@ -404,15 +398,22 @@ class _ServerRows:
     doubled backslash.
     """
 
-    def __init__(self, select: list[str], encoders: list[codec.TextEncoder], keyed: bool) -> None:
+    def __init__(
+        self,
+        select: list[str],
+        encoders: list[codec.TextEncoder],
+        keyed: bool,
+        lateral: str | None,
+    ) -> None:
         self.select = select
         self.encoders = encoders
         self.keyed = keyed
+        self.lateral = lateral
         self.width = len(select)
 
     @classmethod
     def plan(
-        cls, quote: Callable[[str], str], names: list[str], source: RowSource
+        cls, column: Callable[[str], str], names: list[str], source: RowSource
     ) -> _ServerRows | None:
         """The query for a table, or None if the server cannot print its keys or some column."""
         kinds = source.columns
@@ -420,24 +421,31 @@ class _ServerRows:
             return None
         if any(kinds[name] not in _SERVER_JSON for name in source.primary_key):
             return None
+        # Each value's JSON is computed once, in a LATERAL subquery, and used
+        # by the key and the row alike.
+        printed = [name for name in names if kinds[name] in _SERVER_JSON]
+        alias = {name: f"j.v{i}" for i, name in enumerate(printed)}
+        values = [
+            f"{_server_value(column(name), kinds[name], name in source.not_null)} AS v{i}"
+            for i, name in enumerate(printed)
+        ]
         select, encoders = [], []
         if source.primary_key:
-            keys: list[str] = []
-            for k in source.primary_key:
-                keys.extend([*(["','"] if keys else []), *_server_value(quote(k), kinds[k], True)])
-            select.append(_concat(["'['", *keys, "']'"]))
+            key = " || ',' || ".join(alias[k] for k in source.primary_key)
+            select.append(f"'[' || {key} || ']'")
         parts = [_literal(p.decode("utf-8")) for p in codec.field_parts(names)]
         segment: list[str] = [parts[0]]
         for name, part in zip(names, parts[1:], strict=True):
             if kinds[name] in _CLIENT_KINDS:
-                select.extend([_concat(segment), quote(name)])
+                select.extend([" || ".join(segment), column(name)])
                 encoders.append(_copy_encoder(kinds[name]) or _as_is)
                 segment = []
             else:
-                segment.extend(_server_value(quote(name), kinds[name], name in source.not_null))
+                segment.append(alias[name])
             segment.append(part)
-        select.append(_concat(segment))
-        return cls(select, encoders, bool(source.primary_key))
+        select.append(" || ".join(segment))
+        lateral = f"LATERAL (SELECT {', '.join(values)}) AS j" if values else None
+        return cls(select, encoders, bool(source.primary_key), lateral)
 
     def chunk(self, data: bytes) -> Batch:
         escaped = b"\\" in data
@@ -478,17 +486,10 @@ def _literal(text: str) -> str:
     return f"E'{escaped}'"
 
 
-def _server_value(column: str, kind: str, not_null: bool) -> list[str]:
-    """concat() arguments for a value's JSON; a nullable one is written null when NULL."""
-    args = [arg.format(c=column) for arg in _SERVER_JSON[kind]]
-    if not_null:
-        return args
-    return [f"CASE WHEN {column} IS NULL THEN 'null' ELSE {_concat(args)} END"]
-
-
-def _concat(args: list[str]) -> str:
-    # One concat() instead of a chain of ||, which would copy the row once per piece.
-    return f"concat({', '.join(args)})"
+def _server_value(column: str, kind: str, not_null: bool) -> str:
+    """SQL for a value's JSON text; a nullable one is written null when NULL."""
+    value = _SERVER_JSON[kind].format(c=column)
+    return value if not_null else f"coalesce({value}, 'null')"
 
 
 class _CopySink:
