@@ -16,8 +16,6 @@ from itertools import zip_longest
 from typing import Any, Protocol
 
 import orjson
-from deepdiff import DeepDiff
-from deepdiff.helper import NotPresent
 
 from backend import layout
 from backend.codec import canonical, dumps_exact, parse_row_exact
@@ -398,18 +396,22 @@ def _key_dict(key: Hashable, key_columns: list[str]) -> dict[str, Any]:
 
 
 def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    # Imported here: deepdiff (with pydantic) takes a tenth of a second to load,
+    # which every export, cron run and API request would otherwise pay.
+    from deepdiff import DeepDiff  # noqa: PLC0415
+    from deepdiff.helper import NotPresent  # noqa: PLC0415
+
+    def present(value: Any) -> Any:
+        # deepdiff's marker for 'absent' (a column added or dropped) becomes None.
+        return None if isinstance(value, NotPresent) else value
+
     tree = DeepDiff(old, new, view="tree", verbose_level=2)
     fields: dict[str, tuple[Any, Any]] = {}
     for levels in tree.values():
         for level in levels:
             path = ".".join(str(part) for part in level.path(output_format="list"))
-            fields[path] = (_present(level.t1), _present(level.t2))
+            fields[path] = (present(level.t1), present(level.t2))
     return dict(sorted(fields.items()))
-
-
-def _present(value: Any) -> Any:
-    """deepdiff's marker for 'absent' (a column added or dropped) becomes None."""
-    return None if isinstance(value, NotPresent) else value
 
 
 def describe_diff(diffs: dict[str, TableDiff]) -> list[str]:
