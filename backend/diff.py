@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any, Protocol
@@ -60,9 +60,16 @@ class TableChange:
 
 
 def compare_tables(
-    old: TableEntry | None, new: TableEntry | None, read_old: ReadFiles, read_new: ReadFiles
+    old: TableEntry | None,
+    new: TableEntry | None,
+    read_old: ReadFiles,
+    read_new: ReadFiles,
+    counted: Mapping[str, TableChange] | None = None,
 ) -> TableChange:
-    """What changed in one table, reading only the files whose checksum changed."""
+    """What changed in one table, reading only the files whose checksum changed.
+
+    `counted` may hold `compare_namesakes` results already worked out, by path.
+    """
     if old is None and new is None:
         return TableChange()
     if old is None:
@@ -73,10 +80,43 @@ def compare_tables(
     same = {(f.path, f.sha256) for f in old.files} & {(f.path, f.sha256) for f in new.files}
     old_files = [f for f in old.files if (f.path, f.sha256) not in same]
     new_files = [f for f in new.files if (f.path, f.sha256) not in same]
-    change = _compare_files(old_files, new_files, read_old, read_new, new)
+    change = _compare_files(old_files, new_files, read_old, read_new, new, counted=counted or {})
     if old.columns != new.columns or old.primary_key != new.primary_key:
         change.note = "schema changed"
     return change
+
+
+def counts_by_file(table: TableEntry) -> bool:
+    """Whether a changed shard of this table can be compared alone with its namesake.
+
+    Shards are named by the key that starts them, so where both sides have the
+    same names they have the same cuts, and no row can have moved from one
+    file to another. That needs a key whose Python order is the files' order.
+    """
+    kinds = table.kinds()
+    return bool(table.primary_key) and all(
+        kinds.get(column) in _ORDERED_KINDS for column in table.primary_key
+    )
+
+
+def compare_namesakes(old_data: bytes, new_data: bytes, key: list[str]) -> TableChange:
+    """Rows added, deleted and changed between two versions of one shard.
+
+    The common nightly case: as many rows as before, and the differing ones
+    keep their keys, so they are all changes, found by comparing the rows'
+    bytes in bulk. Any other pair is merged row by row.
+    """
+    key_of = _key_values(key)
+    # Rows without their closing brace (the last keeps it), for speed: two
+    # rows at the same place compare the same either way.
+    old_rows, new_rows = layout.split_bare_rows(old_data), layout.split_bare_rows(new_data)
+    differing = [i for i, same in enumerate(map(operator.eq, old_rows, new_rows)) if not same]
+    if len(old_rows) == len(new_rows) and all(
+        key_of(layout.close_row(old_rows, i)) == key_of(layout.close_row(new_rows, i))
+        for i in differing
+    ):
+        return TableChange(changed=len(differing))
+    return merge_rows(layout.split_rows(old_data), layout.split_rows(new_data), key_of)
 
 
 def _compare_files(
@@ -85,56 +125,29 @@ def _compare_files(
     read_old: ReadFiles,
     read_new: ReadFiles,
     new: TableEntry,
+    *,
+    counted: Mapping[str, TableChange],
 ) -> TableChange:
     if not old_files or not new_files:  # a side with nothing changed: no row to read
         return TableChange(
             added=sum(f.rows for f in new_files), deleted=sum(f.rows for f in old_files)
         )
-    kinds = new.kinds()
-    ordered = all(kinds.get(column) in _ORDERED_KINDS for column in new.primary_key)
-    if new.primary_key and ordered and [f.path for f in old_files] == [f.path for f in new_files]:
-        return _compare_namesakes(old_files, new_files, read_old, read_new, new.primary_key)
+    if counts_by_file(new) and [f.path for f in old_files] == [f.path for f in new_files]:
+        todo = [(o, n) for o, n in zip(old_files, new_files, strict=True) if n.path not in counted]
+        parts = [counted[f.path] for f in new_files if f.path in counted]
+        pairs = zip(read_old([o for o, _ in todo]), read_new([n for _, n in todo]), strict=True)
+        parts += [compare_namesakes(o, n, new.primary_key) for o, n in pairs]
+        return TableChange(
+            added=sum(p.added for p in parts),
+            deleted=sum(p.deleted for p in parts),
+            changed=sum(p.changed for p in parts),
+        )
     old_rows, new_rows = _read_all(old_files, read_old), _read_all(new_files, read_new)
     if not new.primary_key:  # sorted by their bytes: bytes order is file order
         return merge_rows(_numbered(old_rows), _numbered(new_rows), lambda row: row)
-    if ordered:
+    if counts_by_file(new):
         return merge_rows(old_rows, new_rows, _key_values(new.primary_key))
     return compare_rows(old_rows, new_rows, _key_by(new.primary_key))
-
-
-def _compare_namesakes(
-    old_files: list[DataFile],
-    new_files: list[DataFile],
-    read_old: ReadFiles,
-    read_new: ReadFiles,
-    key: list[str],
-) -> TableChange:
-    """The common nightly case, file by file: the same shards on both sides.
-
-    Shards are named by the key that starts them, so the same names mean the
-    same cuts, and no row can have moved from one file to another. A file
-    with as many rows as before whose differing rows keep their keys holds
-    only changes, found by comparing the rows' bytes in bulk; any other pair
-    is merged row by row.
-    """
-    key_of = _key_values(key)
-    change = TableChange()
-    for old_data, new_data in zip(read_old(old_files), read_new(new_files), strict=True):
-        # Rows without their closing brace (the last keeps it), for speed: two
-        # rows at the same place compare the same either way.
-        old_rows, new_rows = layout.split_bare_rows(old_data), layout.split_bare_rows(new_data)
-        differing = [i for i, same in enumerate(map(operator.eq, old_rows, new_rows)) if not same]
-        if len(old_rows) == len(new_rows) and all(
-            key_of(layout.close_row(old_rows, i)) == key_of(layout.close_row(new_rows, i))
-            for i in differing
-        ):
-            change.changed += len(differing)
-            continue
-        part = merge_rows(layout.split_rows(old_data), layout.split_rows(new_data), key_of)
-        change.added += part.added
-        change.deleted += part.deleted
-        change.changed += part.changed
-    return change
 
 
 def merge_rows(old: Iterable[Any], new: Iterable[Any], key_of: Callable[[Any], Any]) -> TableChange:

@@ -9,6 +9,7 @@ a failure at any point before that step leaves the repository exactly as it was.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.resources
 import os
 import threading
@@ -31,11 +32,17 @@ from backend.config import author_identity, format_timestamp, parse_timestamp
 from backend.db import translate_db_errors
 from backend.dialects import Dialect, for_engine
 from backend.dialects.base import RowSource
-from backend.diff import TableChange, compare_manifests, compare_tables
+from backend.diff import (
+    TableChange,
+    compare_manifests,
+    compare_namesakes,
+    compare_tables,
+    counts_by_file,
+)
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
-from backend.writer import Batch, ExternalSorter, OnFile, TableWriter, staged_reader
+from backend.writer import Batch, ExternalSorter, TableWriter, staged_reader
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
@@ -173,6 +180,8 @@ class Prepared:
     changes: dict[str, TableChange] = field(default_factory=dict)
 
 
+#: Told of each data file as soon as it is complete: its table, itself, where it was staged.
+OnFile = Callable[[TableEntry, DataFile, Path], None]
 #: Told of each table as soon as its files are complete, with where they were staged.
 OnTable = Callable[[TableEntry, dict[str, Path]], None]
 
@@ -197,19 +206,40 @@ class _Beside:
             for f in t.files
             if f.path in self.old_blobs
         }
+        self.old_files = {
+            f.path: f for t in (self.old.tables.values() if self.old else []) for f in t.files
+        }
         self.store = repo.blob_store()
+        # One worker: a table's comparison runs after those of its files.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary")
+        self.counted: dict[str, Future[TableChange]] = {}
         self.changes: dict[str, Future[TableChange]] = {}
 
-    def on_file(self, data_file: DataFile, local: Path) -> None:
-        if (data_file.path, data_file.sha256) not in self.unchanged:
-            self.store.submit(data_file.path, local)
+    def on_file(self, entry: TableEntry, data_file: DataFile, local: Path) -> None:
+        if (data_file.path, data_file.sha256) in self.unchanged:
+            return
+        self.store.submit(data_file.path, local)
+        old = self.old_files.get(data_file.path)
+        if old is not None and counts_by_file(entry):
+            self.counted[data_file.path] = self.pool.submit(
+                self._count_file, old, local, entry.primary_key
+            )
+
+    def _count_file(self, old: DataFile, local: Path, key: list[str]) -> TableChange:
+        (old_data,) = self._read_old([old])
+        return compare_namesakes(old_data, local.read_bytes(), key)
 
     def on_table(self, entry: TableEntry, staged: dict[str, Path]) -> None:
         old = self.old.tables.get(entry.name) if self.old else None
-        self.changes[entry.name] = self.pool.submit(
-            compare_tables, old, entry, self._read_old, staged_reader(staged)
-        )
+        self.changes[entry.name] = self.pool.submit(self._compare, old, entry, staged)
+
+    def _compare(
+        self, old: TableEntry | None, new: TableEntry, staged: dict[str, Path]
+    ) -> TableChange:
+        counted = {
+            f.path: self.counted[f.path].result() for f in new.files if f.path in self.counted
+        }
+        return compare_tables(old, new, self._read_old, staged_reader(staged), counted)
 
     def _read_old(self, files: list[DataFile]) -> Iterator[bytes]:
         return self.repo.read_head_files(files, self.old_blobs)
@@ -349,7 +379,8 @@ def _export_table(
     conn: Connection, dialect: Dialect, plan: _TablePlan, run: _Run
 ) -> tuple[list[DataFile], bool]:
     """Write one table's files to the staging folder, in key order."""
-    writer = TableWriter(run.stage, plan.name, run.on_file)
+    on_file = functools.partial(run.on_file, plan.entry) if run.on_file else None
+    writer = TableWriter(run.stage, plan.name, on_file)
     sorter = None if plan.source.primary_key else ExternalSorter(run.stage)
     sink = sorter.add if sorter else writer.add
     progress = run.progress
