@@ -77,8 +77,9 @@ def cut_name(key: bytes) -> str | None:
 
 def cut_positions(keys: list[bytes]) -> list[int]:
     """The indexes of the keys that are cut points: `cut_name` for a whole batch at once."""
-    crc, fibonacci, u64, mean = zlib.crc32, _FIBONACCI, _U64, SHARD_MEAN_ROWS
-    return [i for i, key in enumerate(keys) if ((crc(key) * fibonacci) & u64) * mean < u64]
+    # spread * mean < 2**64 - 1, as an integer bound on spread: one product less per row.
+    fibonacci, u64, limit = _FIBONACCI, _U64, -(-_U64 // SHARD_MEAN_ROWS)
+    return [i for i, crc in enumerate(map(zlib.crc32, keys)) if (crc * fibonacci) & u64 < limit]
 
 
 def shard_name(key: bytes) -> str:
@@ -199,8 +200,12 @@ def split_rows(data: bytes) -> list[bytes]:
 
 def split_bare_rows(data: bytes) -> list[bytes]:
     """`split_rows` without the closing brace of every row but the last; see close_row."""
-    body = _rows_text(data)
-    return [] if body is None else body.split(_BETWEEN_ROWS)
+    if not _has_rows(data):
+        return []
+    rows = data.split(_BETWEEN_ROWS)  # then trim the brackets: no copy of the whole file
+    rows[0] = rows[0][2:]
+    rows[-1] = rows[-1][:-3]  # the same row as rows[0] when there is only one
+    return rows
 
 
 def close_row(bare_rows: list[bytes], index: int) -> bytes:
@@ -215,24 +220,23 @@ def iter_rows(data: bytes) -> Iterator[bytes]:
     Row objects sit at an indent of two spaces, and JSON strings cannot hold a raw
     newline, so '\\n  },\\n' occurs only between two rows.
     """
-    body = _rows_text(data)
-    if body is None:
+    if not _has_rows(data):
         return
-    start = 0
-    while (cut := body.find(_BETWEEN_ROWS, start)) >= 0:
-        yield body[start:cut] + _ROW_END
+    start, end = 2, len(data) - 3
+    while (cut := data.find(_BETWEEN_ROWS, start, end)) >= 0:
+        yield data[start : cut + len(_ROW_END)]  # the row, with its closing "\n  }"
         start = cut + len(_BETWEEN_ROWS)
-    yield body[start:]
+    yield data[start:end]
 
 
 _BETWEEN_ROWS = b"\n  },\n"
 _ROW_END = b"\n  }"
 
 
-def _rows_text(data: bytes) -> bytes | None:
-    """The rows of a data file with the array's brackets taken off; None if it has none."""
+def _has_rows(data: bytes) -> bool:
+    """Whether a data file holds any row; it must be a jsonsnap row array at all."""
     if data in (b"[]\n", b"[\n]\n"):
-        return None
+        return False
     if not (data.startswith(b"[\n") and data.endswith(b"\n]\n")):
         raise SnapshotCorrupt("a data file is not a jsonsnap row array")
-    return data[2:-3]
+    return True
