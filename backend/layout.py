@@ -64,20 +64,17 @@ def shard_file(stem: str, shard_name: str) -> str:
     return f"{TABLES_DIR}/{stem}/{shard_name}.json"
 
 
-def cut_name(key: bytes) -> str | None:
-    """The shard name a row starts when its key is a cut point, else None.
+def cut_positions(keys: list[bytes]) -> list[int]:
+    """The indexes of the keys that are cut points: rows that start a new shard.
 
     Cuts depend on the key alone, so inserting or deleting a row changes only
-    the shard it falls in; no later shard moves. The test runs on every row of a
-    large table, so it is a CRC spread by Fibonacci hashing (cheap, and even on
-    sequential keys); the name, needed once per shard, is a strong hash.
+    the shard it falls in; no later shard moves. A key is a cut when its
+    CRC-32, spread by Fibonacci hashing (even on sequential keys), times
+    SHARD_MEAN_ROWS stays under 2**64 - 1. The test runs on every row of a
+    large table, so it is cheap; the shard's name, needed once per shard, is
+    a strong hash (`shard_name`).
     """
-    return shard_name(key) if cut_positions([key]) else None
-
-
-def cut_positions(keys: list[bytes]) -> list[int]:
-    """The indexes of the keys that are cut points: `cut_name` for a whole batch at once."""
-    # spread * mean < 2**64 - 1, as an integer bound on spread: one product less per row.
+    # The same bound, on the spread alone: one product less per row.
     fibonacci, u64, limit = _FIBONACCI, _U64, -(-_U64 // SHARD_MEAN_ROWS)
     return [i for i, crc in enumerate(map(zlib.crc32, keys)) if (crc * fibonacci) & u64 < limit]
 
