@@ -410,10 +410,11 @@ class SnapshotRepo:
                     break
                 parent.rmdir()
         entries = [_index_entry(self.path / path, path, new[path]) for path in sorted(new)]
-        lock = self.git_dir / "index.lock"
-        with lock.open("xb") as stream:
+        # Written aside and renamed over: never through index.lock, which a
+        # kill at the wrong moment would leave behind to block every later run.
+        with self._index_file.open("wb") as stream:
             write_cache(entries, stream)
-        os.replace(lock, self.git_dir / "index")
+        os.replace(self._index_file, self.git_dir / "index")
 
     def _git(
         self, *args: str, stdin: BinaryIO | None = None, env: dict[str, str] | None = None
