@@ -171,11 +171,43 @@ def export_snapshot(
         return result
 
 
+@dataclass(frozen=True)
+class HeadState:
+    """The snapshot at HEAD as this run found it: read once, shared by all its steps."""
+
+    manifest: Manifest | None
+    blobs: dict[str, str]  # path -> blob id, the whole tree
+    repo: SnapshotRepo
+
+    @classmethod
+    def of(cls, repo: SnapshotRepo) -> HeadState:
+        head = repo.head()
+        previous = repo.manifest_at(head) if head else None
+        return cls(previous[0], previous[1], repo) if previous else cls(None, {}, repo)
+
+    @property
+    def tables(self) -> dict[str, TableEntry]:
+        return self.manifest.tables if self.manifest else {}
+
+    @functools.cached_property
+    def files(self) -> dict[str, DataFile]:
+        return {f.path: f for t in self.tables.values() for f in t.files if f.path in self.blobs}
+
+    def holds(self, data_file: DataFile) -> bool:
+        """Whether HEAD already has this exact file, so it needs no new object."""
+        held = self.files.get(data_file.path)
+        return held is not None and held.sha256 == data_file.sha256
+
+    def read(self, files: list[DataFile]) -> Iterator[bytes]:
+        return self.repo.read_head_files(files, self.blobs)
+
+
 @dataclass
 class Prepared:
-    """What was done beside the read, for the commit: the blob ids of files
-    already stored, and the row changes of the tables already compared."""
+    """What was done beside the read, for the commit: HEAD as it was read, the
+    blob ids of files already stored, and the row changes of the tables already compared."""
 
+    head: HeadState
     stored: dict[str, str] = field(default_factory=dict)
     changes: dict[str, TableChange] = field(default_factory=dict)
 
@@ -195,20 +227,7 @@ class _Beside:
     """
 
     def __init__(self, repo: SnapshotRepo) -> None:
-        self.repo = repo
-        head = repo.head()
-        previous = repo.manifest_at(head) if head else None
-        self.old: Manifest | None = previous[0] if previous else None
-        self.old_blobs: dict[str, str] = previous[1] if previous else {}
-        self.unchanged = {
-            (f.path, f.sha256)
-            for t in (self.old.tables.values() if self.old else [])
-            for f in t.files
-            if f.path in self.old_blobs
-        }
-        self.old_files = {
-            f.path: f for t in (self.old.tables.values() if self.old else []) for f in t.files
-        }
+        self.head = HeadState.of(repo)
         self.store = repo.blob_store()
         # One worker: a table's comparison runs after those of its files.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary")
@@ -216,21 +235,21 @@ class _Beside:
         self.changes: dict[str, Future[TableChange]] = {}
 
     def on_file(self, entry: TableEntry, data_file: DataFile, local: Path) -> None:
-        if (data_file.path, data_file.sha256) in self.unchanged:
+        if self.head.holds(data_file):
             return
         self.store.submit(data_file.path, local)
-        old = self.old_files.get(data_file.path)
+        old = self.head.files.get(data_file.path)
         if old is not None and counts_by_file(entry):
             self.counted[data_file.path] = self.pool.submit(
                 self._count_file, old, local, entry.primary_key
             )
 
     def _count_file(self, old: DataFile, local: Path, key: list[str]) -> TableChange:
-        (old_data,) = self._read_old([old])
+        (old_data,) = self.head.read([old])
         return compare_namesakes(old_data, local.read_bytes(), key)
 
     def on_table(self, entry: TableEntry, staged: dict[str, Path]) -> None:
-        old = self.old.tables.get(entry.name) if self.old else None
+        old = self.head.tables.get(entry.name)
         self.changes[entry.name] = self.pool.submit(self._compare, old, entry, staged)
 
     def _compare(
@@ -239,15 +258,12 @@ class _Beside:
         counted = {
             f.path: self.counted[f.path].result() for f in new.files if f.path in self.counted
         }
-        return compare_tables(old, new, self._read_old, staged_reader(staged), counted)
-
-    def _read_old(self, files: list[DataFile]) -> Iterator[bytes]:
-        return self.repo.read_head_files(files, self.old_blobs)
+        return compare_tables(old, new, self.head.read, staged_reader(staged), counted)
 
     def results(self) -> Prepared:
         """Waits for the workers."""
         changes = {name: future.result() for name, future in self.changes.items()}
-        return Prepared(self.store.stored(), changes)
+        return Prepared(self.head, self.store.stored(), changes)
 
     def __enter__(self) -> _Beside:
         return self
@@ -508,13 +524,7 @@ def _plan_table(
         statement = statement.order_by(*[dialect.order_expr(tbl.c[k], kinds[k]) for k in key])
     return _TablePlan(
         name=name,
-        source=RowSource(
-            schema,
-            name,
-            kinds,
-            key,
-            frozenset(c["name"] for c in kept if not c.get("nullable", True)),
-        ),
+        source=RowSource(schema, name, kinds, key, _not_null(kept)),
         entry=entry,
         names=[c["name"] for c in kept],
         encoders=[codec.encoder(kinds[c["name"]]) for c in kept],
@@ -568,18 +578,11 @@ def commit_snapshot(
     per-table summary of rows added, deleted and changed. `prepared` holds
     what was already done while the database was read.
     """
-    prepared = prepared or Prepared()
-    head = repo.head()
-    previous = repo.manifest_at(head) if head else None
-    old_manifest, old_blobs = previous if previous else (None, {})
-    old_sums = {
-        f.path: f.sha256
-        for t in (old_manifest.tables.values() if old_manifest else [])
-        for f in t.files
-    }
+    prepared = prepared or Prepared(HeadState.of(repo))
+    head = prepared.head
     new_files = {f.path: f for t in manifest.tables.values() for f in t.files}
-    changed = [p for p, f in new_files.items() if old_sums.get(p) != f.sha256 or p not in old_blobs]
-    blobs = {p: old_blobs[p] for p in new_files if p not in changed}
+    changed = [p for p, f in new_files.items() if not head.holds(f)]
+    blobs = {p: head.blobs[p] for p in new_files if p not in changed}
     stored = prepared.stored
     blobs.update((p, stored[p]) for p in changed if p in stored)
     missing = [p for p in changed if p not in stored]
@@ -590,12 +593,10 @@ def commit_snapshot(
         files[path] = local = repo.staging_dir / path
         local.write_bytes(data)
         (blobs[path],) = repo.store_files([local])
-    summary = _summarize(
-        repo, old_manifest, old_blobs, manifest, staged=staged, known=prepared.changes
-    )
+    summary = _summarize(head, manifest, staged=staged, known=prepared.changes)
     stamp = format_timestamp(when)
     message = _message(title or f"snapshot {stamp}", summary)
-    commit = repo.commit(blobs, message, when, author_identity(), files)
+    commit = repo.commit(blobs, message, when, author_identity(), files, previous=head.blobs)
     return ExportResult(
         commit=commit,
         timestamp=stamp,
@@ -605,22 +606,11 @@ def commit_snapshot(
 
 
 def _summarize(
-    repo: SnapshotRepo,
-    old: Manifest | None,
-    old_blobs: dict[str, str],
-    new: Manifest,
-    *,
-    staged: dict[str, Path],
-    known: dict[str, TableChange],
+    head: HeadState, new: Manifest, *, staged: dict[str, Path], known: dict[str, TableChange]
 ) -> dict[str, TableChange]:
     """Every table's changes: those `known` already, the others (dropped ones) compared now."""
-    old_tables = old.tables if old else {}
-
-    def read_old(files: list[DataFile]) -> Iterator[bytes]:
-        return repo.read_head_files(files, old_blobs)
-
-    names = sorted((set(old_tables) | set(new.tables)) - set(known))
-    summary = compare_manifests(old_tables, new.tables, read_old, staged_reader(staged), names)
+    names = sorted((set(head.tables) | set(new.tables)) - set(known))
+    summary = compare_manifests(head.tables, new.tables, head.read, staged_reader(staged), names)
     summary.update((name, change) for name, change in known.items() if change)
     return dict(sorted(summary.items()))
 

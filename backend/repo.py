@@ -333,11 +333,14 @@ class SnapshotRepo:
         when: dt.datetime,
         author: tuple[str, str],
         files: dict[str, Path],
+        *,
+        previous: dict[str, str],
     ) -> str | None:
         """Commit exactly `blobs` (path -> blob id) as the new tree, if it differs from HEAD.
 
         `files` holds a local file with the exact content of each blob that
-        HEAD does not have; they become the work tree's files.
+        HEAD does not have; they become the work tree's files. `previous` is
+        HEAD's tree (path -> blob id), as the caller read it under the lock.
         """
         head = self.head()
         env = {"GIT_INDEX_FILE": str(self._index_file)}
@@ -370,7 +373,7 @@ class SnapshotRepo:
         ).strip()
         self._git("update-ref", "-m", message.splitlines()[0], "HEAD", commit, head or _ZERO)
         try:
-            self._check_out(self.tree_blobs(head) if head else {}, blobs, files)
+            self._check_out(previous, blobs, files)
         except OSError:
             self._reset_work_tree()
         self._pack_if_due()
