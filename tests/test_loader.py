@@ -237,30 +237,24 @@ def test_revoked_connect_privilege_serves_head(pg_url, repo_path, reader_role, c
 # ---------------------------------------------------------------- SQLite outages
 
 
-def test_deleted_sqlite_file_serves_head(sqlite_url, tmp_path, repo_path, caplog):
+def _delete(path):
+    path.unlink()
+
+
+def _replace_with_a_directory(path):
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize("outage", [_delete, _replace_with_a_directory])
+def test_sqlite_file_gone_serves_head(sqlite_url, tmp_path, repo_path, caplog, outage):
     caplog.set_level(logging.WARNING, logger="jsonsnap.loader")
     demo(sqlite_url)
     up = FallbackLoader(sqlite_url, str(repo_path)).load_table("materials")
     when = past(hours=2, minutes=30)
     export(sqlite_url, repo_path, when)
 
-    (tmp_path / "app.db").unlink()
-    down = FallbackLoader(sqlite_url, str(repo_path)).load_table("materials")
-
-    assert_same_rows(down.rows, up.rows)
-    assert_from_snapshot(down, repo_path, when)
-    assert len(fallback_warnings(caplog)) == 1
-
-
-def test_sqlite_file_replaced_by_a_directory_serves_head(sqlite_url, tmp_path, repo_path, caplog):
-    caplog.set_level(logging.WARNING, logger="jsonsnap.loader")
-    demo(sqlite_url)
-    up = FallbackLoader(sqlite_url, str(repo_path)).load_table("materials")
-    when = past(hours=2, minutes=30)
-    export(sqlite_url, repo_path, when)
-
-    (tmp_path / "app.db").unlink()
-    (tmp_path / "app.db").mkdir()
+    outage(tmp_path / "app.db")
     down = FallbackLoader(sqlite_url, str(repo_path)).load_table("materials")
 
     assert_same_rows(down.rows, up.rows)
