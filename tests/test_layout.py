@@ -353,3 +353,30 @@ def test_a_row_replaced_by_another_key_in_the_same_shard_is_added_and_deleted(sh
     assert db.export().exit_code == 0
     assert db.changed_files() == [shard_of(ids, key)]
     assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t +1 -1\n"
+
+
+def loose_object(repo, path):
+    blob = git(repo, "rev-parse", f"HEAD:{path}").strip()
+    return (repo / ".git" / "objects" / blob[:2] / blob[2:]).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("setting", "compressed"),
+    [(None, True), ("0", False), ("9", True)],
+    ids=["git's default: ISA-L", "looseCompression 0", "looseCompression 9"],
+)
+def test_data_objects_are_zlib_at_the_configured_level(sqlite_url, repo_path, setting, compressed):
+    execute(
+        sqlite_url,
+        "CREATE TABLE t (id int PRIMARY KEY, v varchar(40))",
+        "INSERT INTO t VALUES " + ", ".join(f"({i}, 'the same words again')" for i in range(300)),
+    )
+    assert run("init", "--repo", str(repo_path)).exit_code == 0
+    if setting is not None:
+        git(repo_path, "config", "core.looseCompression", setting)
+    assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
+    content = (repo_path / "tables/t.json").read_bytes()
+    stored = loose_object(repo_path, "tables/t.json")
+    assert zlib.decompress(stored) == b"blob %d\0" % len(content) + content
+    assert (len(stored) < len(content) // 4) is compressed
+    git(repo_path, "fsck", "--strict", "--no-dangling")
