@@ -374,10 +374,12 @@ _SERVER_JSON = {
     # its padding, unlike ::text) and escapes it as orjson does.
     "string": "to_json({c})::text",
     **{kind: "'\"' || {c}::text || '\"'" for kind in codec.TEXT_QUOTED},
-    "datetime": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMP '0001-01-01' "
-    "THEN replace({c}::text, ' ', 'T') ELSE {c}::text END || '\"'",
-    "datetime_tz": "'\"' || CASE WHEN isfinite({c}) AND {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' "
-    "THEN replace({c}::text, ' ', 'T') || ':00' ELSE {c}::text END || '\"'",
+    # to_json writes ISO 8601 (2026-01-05T08:30:00+00:00, 'infinity' as it is),
+    # but years before 1 as "... BC" after the offset: those take the plain text.
+    "datetime": "CASE WHEN {c} >= TIMESTAMP '0001-01-01' THEN to_json({c})::text "
+    "ELSE '\"' || {c}::text || '\"' END",
+    "datetime_tz": "CASE WHEN {c} >= TIMESTAMPTZ '0001-01-01 00:00Z' THEN to_json({c})::text "
+    "ELSE '\"' || {c}::text || '\"' END",
 }
 # Kinds whose COPY text is still encoded here, and which never hold the raw
 # control characters that stand for newlines and field breaks below.
