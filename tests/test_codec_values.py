@@ -14,6 +14,7 @@ from conftest import execute, git, run
 from sqlalchemy.orm import Session
 
 from backend import codec, layout
+from backend.dialects import postgresql
 from backend.models import Base, Material, Section, Supplier
 
 STAMP = "2026-11-28T02:00:00Z"
@@ -640,3 +641,23 @@ def test_bytes_do_not_depend_on_time_zone_or_locale(db_url, tmp_path):
             {"k": "e", "tss": []},
             {"k": "é", "tss": ["2026-03-29T00:30:00+00:00"]},
         ]
+
+
+def test_postgres_repeating_client_encoded_values_match_the_slow_path(
+    pg_url, repo_path, monkeypatch
+):
+    # JSON, float, time and bytea values are encoded in Python and remembered
+    # by their COPY text; a memo this small is emptied many times over.
+    monkeypatch.setattr(postgresql, "_MEMO_SIZE", 5)
+    execute(
+        pg_url,
+        "CREATE TABLE t (k int PRIMARY KEY, j jsonb, f float8, tm time, b bytea)",
+        "INSERT INTO t SELECT i, jsonb_build_object('n', mod(i, 7), 's', E'a\\\\b' || mod(i, 3)),"
+        " CASE WHEN mod(i, 5) = 0 THEN NULL ELSE mod(i, 4) / 3.0 END, make_time(0, 0, mod(i, 6)),"
+        " decode(lpad(to_hex(mod(i, 9)), 2, '0'), 'hex') FROM generate_series(1, 3000) i",
+    )
+    copy_with_array_column(pg_url, "t")
+    export(pg_url, repo_path)
+    fast, slow = table_bytes(repo_path, "t"), table_bytes(repo_path, "t_slow")
+    assert without_zz(slow) == fast
+    assert fast.count(b'"f": null') == 600

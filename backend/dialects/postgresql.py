@@ -31,6 +31,8 @@ _COPY_NULL = b"\\N"
 _PLAIN_STRING = re.compile(rb'["\\\x00-\x1f]')
 _COPY_CHUNK = 1 << 18
 _COPY_BATCH_ROWS = 2048
+_MEMO_SIZE = 8192
+_MEMO_MAX_BYTES = 512
 
 
 class PostgresDialect(Dialect):
@@ -408,7 +410,7 @@ class _ServerRows:
         lateral: str | None,
     ) -> None:
         self.select = select
-        self.encoders = encoders
+        self.encoders = [_ColumnEncoder(encode) for encode in encoders]
         self.keyed = keyed
         self.lateral = lateral
         self.width = len(select)
@@ -460,8 +462,7 @@ class _ServerRows:
         for i in range(start, width):
             column = fields[i::width]
             if (i - start) % 2:
-                encode = self.encoders[(i - start) // 2]
-                column = [b"null" if raw == _COPY_NULL else encode(raw) for raw in column]
+                column = self.encoders[(i - start) // 2].column(column)
             elif escaped:
                 column = [_unescape_server(text) for text in column]
             columns.append(column)
@@ -469,6 +470,35 @@ class _ServerRows:
             keys = [_unescape_server(key) for key in keys]
         rows = columns[0] if len(columns) == 1 else list(map(b"".join, zip(*columns, strict=True)))
         return (keys if self.keyed else rows), rows
+
+
+class _ColumnEncoder:
+    """Encodes a batch of one column's COPY texts, remembering recent small ones.
+
+    Attribute bags, settings, times and prices repeat from row to row; a hit
+    is a dict lookup in C, with no Python call per value. The memo is keyed by
+    the COPY text itself, escapes included, so it can never confuse two values.
+    """
+
+    def __init__(self, encode: codec.TextEncoder) -> None:
+        self.encode = encode
+        self.memo = {_COPY_NULL: b"null"}
+
+    def column(self, raws: list[bytes]) -> list[bytes]:
+        encoded: list[bytes | None] = list(map(self.memo.get, raws))
+        if None in encoded:
+            for i, value in enumerate(encoded):
+                if value is None:
+                    encoded[i] = self._miss(raws[i])
+        return encoded  # type: ignore[return-value]  # no None is left
+
+    def _miss(self, raw: bytes) -> bytes:
+        value = self.encode(raw)
+        if len(raw) <= _MEMO_MAX_BYTES:
+            if len(self.memo) >= _MEMO_SIZE:
+                self.memo = {_COPY_NULL: b"null"}
+            self.memo[raw] = value
+        return value
 
 
 def _unescape_server(text: bytes) -> bytes:
