@@ -42,7 +42,7 @@ from backend.diff import (
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
-from backend.writer import Batch, ExternalSorter, TableWriter, staged_reader
+from backend.writer import Batch, ExternalSorter, Held, TableWriter, staged_reader
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
@@ -161,6 +161,7 @@ def export_snapshot(
                 progress=progress,
                 on_file=beside.on_file,
                 on_table=beside.on_table,
+                held=beside.head.holds,
             )
             result = commit_snapshot(repo, manifest, staged, when=when, prepared=beside.results())
         if push:
@@ -235,8 +236,7 @@ class _Beside:
         self.changes: dict[str, Future[TableChange]] = {}
 
     def on_file(self, entry: TableEntry, data_file: DataFile, local: Path) -> None:
-        if self.head.holds(data_file):
-            return
+        # Files HEAD holds never come here (read_database's `held`).
         self.store.submit(data_file.path, local)
         old = self.head.files.get(data_file.path)
         if old is not None and counts_by_file(entry):
@@ -296,14 +296,16 @@ def read_database(
     progress: Progress | None = None,
     on_file: OnFile | None = None,
     on_table: OnTable | None = None,
+    held: Held | None = None,
 ) -> tuple[Manifest, dict[str, Path]]:
     """Read the selected tables in one transaction into data files in `stage`.
 
     Returns the manifest and where each of its files was staged; `on_file`
     and `on_table` hear of each file and table as soon as it is complete.
+    Files that `held` says the repository already has are not staged at all.
     """
     dialect = for_engine(engine)
-    run = _Run(stage, {}, progress, on_file, on_table)
+    run = _Run(stage, {}, progress, on_file, on_table, held)
     with translate_db_errors(engine):
         return _read_database(engine, dialect, selection, run)
 
@@ -344,6 +346,7 @@ class _Run:
     progress: Progress | None
     on_file: OnFile | None
     on_table: OnTable | None
+    held: Held | None
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -396,7 +399,7 @@ def _export_table(
 ) -> tuple[list[DataFile], bool]:
     """Write one table's files to the staging folder, in key order."""
     on_file = functools.partial(run.on_file, plan.entry) if run.on_file else None
-    writer = TableWriter(run.stage, plan.name, on_file)
+    writer = TableWriter(run.stage, plan.name, on_file, run.held)
     sorter = None if plan.source.primary_key else ExternalSorter(run.stage)
     sink = sorter.add if sorter else writer.add
     progress = run.progress

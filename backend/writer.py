@@ -23,19 +23,30 @@ Batch = tuple[list[bytes], list[bytes]]
 
 #: Told of each data file as soon as it is complete, with where it was staged.
 OnFile = Callable[[DataFile, Path], None]
+#: Whether a complete data file is one the repository already holds, byte for byte.
+Held = Callable[[DataFile], bool]
 
 _SORT_CHUNK_BYTES = 32 * 1024 * 1024
+#: A data file larger than this is written to disk as it grows, not when it is saved.
+_MEMORY_BYTES = 8 * 1024 * 1024
 _MERGE_BATCH = 2000
 
 
 class _StagedFile:
-    """A data file being written, hashed as it grows."""
+    """A data file being written, hashed as it grows.
+
+    It stays in memory up to _MEMORY_BYTES and is written out only when it is
+    saved: a file HEAD already holds, the common case on a quiet night, never
+    touches the disk. Creating files is not free, and on some file systems
+    (ext4 without a journal) it is slow after many deletions.
+    """
 
     def __init__(self, stage: Path, path: str) -> None:
         self.path = path
         self.local = stage / path.replace("/", "%")
-        self.handle = self.local.open("wb")
-        self.handle.write(b"[\n")
+        self.chunks = [b"[\n"]
+        self.buffered = 2
+        self.handle: IO[bytes] | None = None
         self.sha = hashlib.sha256(b"[\n")
         self.rows = 0
 
@@ -45,20 +56,39 @@ class _StagedFile:
         data = b",\n".join(rows)
         if self.rows:
             data = b",\n" + data
-        self.handle.write(data)
-        self.sha.update(data)
+        self._append(data)
         self.rows += len(rows)
 
+    def _append(self, data: bytes) -> None:
+        self.sha.update(data)
+        if self.handle is not None:
+            self.handle.write(data)
+            return
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _MEMORY_BYTES:
+            self.handle = self._spill()
+
+    def _spill(self) -> IO[bytes]:
+        handle = self.local.open("wb")
+        handle.writelines(self.chunks)
+        self.chunks, self.buffered = [], 0
+        return handle
+
     def close(self) -> DataFile:
-        tail = b"\n]\n" if self.rows else b"]\n"
-        self.handle.write(tail)
-        self.sha.update(tail)
-        self.handle.close()
+        self._append(b"\n]\n" if self.rows else b"]\n")
         return DataFile(self.path, self.rows, self.sha.hexdigest())
 
+    def save(self) -> None:
+        """Puts the closed file on disk, at `local`."""
+        handle = self.handle or self._spill()
+        handle.close()
+
     def discard(self) -> None:
-        self.handle.close()
-        self.local.unlink()
+        self.chunks = []
+        if self.handle is not None:
+            self.handle.close()
+            self.local.unlink()
 
 
 class TableWriter:
@@ -66,11 +96,17 @@ class TableWriter:
 
     Rows are held in memory only up to the threshold (SHARD_MIN_ROWS rows or
     SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard file.
+    A file `held` says the repository already holds is neither staged nor told
+    to `on_file`: nothing reads it, since its bytes are HEAD's.
     """
 
-    def __init__(self, stage: Path, table: str, on_file: OnFile | None = None) -> None:
+    def __init__(
+        self, stage: Path, table: str, on_file: OnFile | None = None, held: Held | None = None
+    ) -> None:
         self.stage = stage
         self.on_file = on_file
+        self.held = held
+        self.staged: dict[str, Path] = {}
         self.stem = layout.table_stem(table)
         self.keys: list[bytes] = []
         self.rows: list[bytes] = []
@@ -113,20 +149,23 @@ class TableWriter:
     def _close(self, staged_file: _StagedFile) -> None:
         data_file = staged_file.close()
         self.closed.append(data_file)
+        if self.held and self.held(data_file):
+            staged_file.discard()
+            return
+        staged_file.save()
+        self.staged[data_file.path] = staged_file.local
         if self.on_file:
             self.on_file(data_file, staged_file.local)
 
     def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
-        """Close the files and record them in `staged` (repo path -> local file)."""
+        """Close the files and record the staged ones in `staged` (repo path -> local file)."""
         if self.shards:
             self._close(self.shards[-1])
-            opened = self.shards
         else:
-            opened = [self._open(None)]
-            opened[0].add(self.rows)
-            self._close(opened[0])
-        for staged_file in opened:
-            staged[staged_file.path] = staged_file.local
+            single = self._open(None)
+            single.add(self.rows)
+            self._close(single)
+        staged.update(self.staged)
         return self.closed, bool(self.shards)
 
 

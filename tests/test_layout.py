@@ -4,10 +4,13 @@ import re
 import zlib
 
 import pytest
-from conftest import execute, git, run
+import sqlalchemy as sa
+from conftest import execute, git, run, work_tree
 
-from backend import codec, layout
+from backend import codec, layout, writer
+from backend.export import HeadState, Selection, read_database
 from backend.layout import split_rows, table_stem
+from backend.repo import SnapshotRepo
 
 STAMPS = [f"2026-11-{day:02d}T02:00:00Z" for day in range(1, 29)]
 SAFE_STEM = re.compile(r"[a-z0-9_]{1,100}|[a-z0-9_]{1,60}~[0-9a-f]{12}")
@@ -380,3 +383,41 @@ def test_data_objects_are_zlib_at_the_configured_level(sqlite_url, repo_path, se
     assert zlib.decompress(stored) == b"blob %d\0" % len(content) + content
     assert (len(stored) < len(content) // 4) is compressed
     git(repo_path, "fsck", "--strict", "--no-dangling")
+
+
+def test_only_the_files_head_lacks_are_staged(sharded, tmp_path):
+    # A quiet night writes nothing to disk: a file HEAD holds byte for byte is
+    # never staged. Here one shard changed, so exactly that one is.
+    db, ids = sharded
+    execute(db.url, f"UPDATE t SET v = 'changed' WHERE id = {ids[30]}")
+    engine = sa.create_engine(db.url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    head = HeadState.of(SnapshotRepo.open(db.repo))
+    _, staged = read_database(engine, stage, Selection(), held=head.holds)
+    engine.dispose()
+    changed = shard_of(ids, ids[30])
+    assert list(staged) == [changed]
+    assert [p.name for p in stage.iterdir()] == [changed.replace("/", "%")]
+    assert b'"changed"' in staged[changed].read_bytes()
+
+
+def test_files_larger_than_memory_are_written_as_they_grow(db_url, tmp_path, monkeypatch):
+    # Every shard outgrows a 64-byte allowance and is written out while rows
+    # arrive; the files are exactly those kept in memory until saved.
+    execute(
+        db_url,
+        "CREATE TABLE t (id int PRIMARY KEY, v varchar(20))",
+        "INSERT INTO t VALUES " + ", ".join(f"({i}, 'row {i}')" for i in range(1, 400)),
+    )
+    monkeypatch.setattr(layout, "SHARD_MIN_ROWS", 20)
+    monkeypatch.setattr(layout, "SHARD_MEAN_ROWS", 8)
+    trees = []
+    for memory in (writer._MEMORY_BYTES, 64):
+        monkeypatch.setattr(writer, "_MEMORY_BYTES", memory)
+        repo = tmp_path / f"repo-{memory}"
+        assert run("export", "--db", db_url, "--repo", str(repo)).exit_code == 0
+        assert len(list((repo / "tables/t").iterdir())) > 10
+        git(repo, "fsck", "--strict", "--no-dangling")
+        trees.append(work_tree(repo))
+    assert trees[0] == trees[1]
