@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,7 +31,7 @@ _COPY_CHARS = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", 
 _COPY_NULL = b"\\N"
 _PLAIN_STRING = re.compile(rb'["\\\x00-\x1f]')
 _COPY_CHUNK = 1 << 18
-_COPY_BATCH_ROWS = 2048
+_COPY_BUFFER = 1 << 20
 _MEMO_SIZE = 8192
 _MEMO_MAX_BYTES = 512
 
@@ -128,9 +129,13 @@ class PostgresDialect(Dialect):
         select = f"SELECT {', '.join(encoder.select)} FROM {', '.join(tables)}"  # noqa: S608
         if order:
             select += f" ORDER BY {', '.join(order)}"
-        sink = _CopySink(encoder, emit)
-        _copy(conn, f"COPY ({select}) TO STDOUT", sink)
-        sink.finish()
+        # Closed on the way out, success or not: a buffer left over by a failed
+        # COPY is then dropped, never flushed into the sink when collected.
+        with _CopySink(encoder, emit) as sink:
+            buffered = io.BufferedWriter(sink, buffer_size=_COPY_BUFFER)
+            _copy(conn, f"COPY ({select}) TO STDOUT", buffered)
+            buffered.flush()
+            sink.finish()
         return True
 
     @contextmanager
@@ -524,31 +529,35 @@ def _server_value(column: str, kind: str, not_null: bool) -> str:
     return value if not_null else f"coalesce({value}, 'null')"
 
 
-class _CopySink:
-    """The file object COPY writes to: complete lines become encoded batches."""
+class _CopySink(io.RawIOBase):
+    """Where COPY's output lands, through a buffer: complete lines become encoded batches.
+
+    psycopg2 calls `write` once per row. Handed an io.BufferedWriter over this
+    sink, those calls are C: the buffer collects the rows, and Python runs
+    only once per _COPY_BUFFER bytes, on a whole run of lines.
+    """
 
     def __init__(self, encoder: _LineEncoder, emit: Emit) -> None:
+        super().__init__()
         self.encoder = encoder
         self.emit = emit
-        self.pending: list[bytes] = []
+        self.tail = b""
 
-    def write(self, data: bytes) -> None:
-        # psycopg2 calls this once per row, so it does as little as it can.
-        self.pending.append(data)
-        if len(self.pending) >= _COPY_BATCH_ROWS:
-            self._flush()
+    def writable(self) -> bool:
+        return True
 
-    def _flush(self) -> None:
-        data = b"".join(self.pending)
-        end = data.rfind(b"\n")
-        self.pending = [data[end + 1 :]] if end + 1 < len(data) else []
+    def write(self, data: Any) -> int:
+        chunk = self.tail + bytes(data)
+        end = chunk.rfind(b"\n")
+        self.tail = chunk[end + 1 :]
         if end >= 0:
-            self.emit(*self.encoder.chunk(data[:end]))
+            self.emit(*self.encoder.chunk(chunk[:end]))
+        return len(data)
 
     def finish(self) -> None:
-        self._flush()
-        if self.pending:
-            self.emit(*self.encoder.chunk(self.pending.pop()))
+        if self.tail:
+            self.emit(*self.encoder.chunk(self.tail))
+            self.tail = b""
 
 
 def _conflict(statement: str, error: Any) -> str:
