@@ -486,14 +486,11 @@ class BlobStore:
         self.close(failed=exc_type is not None)
 
     def _write(self, local: Path) -> str:
-        data = local.read_bytes()
-        header = b"blob %d\0" % len(data)
-        sha = hashlib.sha1(header, usedforsecurity=False)
-        sha.update(data)
-        blob_id = sha.hexdigest()
+        obj = _read_as_blob(local)
+        blob_id = hashlib.sha1(obj, usedforsecurity=False).hexdigest()
         target = self.objects / blob_id[:2] / blob_id[2:]
         if not target.exists():
-            body = self.deflate(header + data)
+            body = self.deflate(obj)
             target.parent.mkdir(exist_ok=True)
             temporary = self.repo.staging_dir / f"object-{blob_id}-{threading.get_ident()}"
             temporary.write_bytes(body)
@@ -503,7 +500,21 @@ class BlobStore:
         return blob_id
 
 
-def _deflate(level: int) -> Callable[[bytes], bytes]:
+def _read_as_blob(local: Path) -> bytearray:
+    """The file as git's blob object, "blob <size>\\0" and the content, read
+    straight into one buffer: the one-shot compressor needs it whole, and a
+    second copy of a large shard would cost memory."""
+    with local.open("rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        header = b"blob %d\0" % size
+        obj = bytearray(len(header) + size)
+        obj[: len(header)] = header
+        if stream.readinto(memoryview(obj)[len(header) :]) != size:
+            raise OSError(f"{local} changed while it was being stored")
+    return obj
+
+
+def _deflate(level: int) -> Callable[[bytearray], bytes]:
     """The compressor of loose objects at git's zlib `level`.
 
     Git's default for loose objects is level 1, the fastest. There, ISA-L's

@@ -31,7 +31,7 @@ _COPY_CHARS = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", 
 _COPY_NULL = b"\\N"
 _PLAIN_STRING = re.compile(rb'["\\\x00-\x1f]')
 _COPY_CHUNK = 1 << 18
-_COPY_BUFFER = 1 << 20
+_COPY_BUFFER = 1 << 18
 _MEMO_SIZE = 8192
 _MEMO_MAX_BYTES = 512
 
