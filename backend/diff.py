@@ -68,7 +68,8 @@ def compare_tables(
 ) -> TableChange:
     """What changed in one table, reading only the files whose checksum changed.
 
-    `counted` may hold `compare_namesakes` results already worked out, by path.
+    `counted` may hold `compare_namesakes` results already worked out, by
+    path, for namesakes that begin and end at the same keys on both sides.
     """
     if old is None and new is None:
         return TableChange()
@@ -128,15 +129,33 @@ def _compare_files(
     *,
     counted: Mapping[str, TableChange],
 ) -> TableChange:
+    # A counted pair covers the same keys on both sides, so the other files,
+    # in order, still hold every other changed row in key order.
+    parts = [counted[f.path] for f in new_files if f.path in counted]
+    old_files = [f for f in old_files if f.path not in counted]
+    new_files = [f for f in new_files if f.path not in counted]
+    parts.append(_compare_rest(old_files, new_files, read_old, read_new, new))
+    return TableChange(
+        added=sum(p.added for p in parts),
+        deleted=sum(p.deleted for p in parts),
+        changed=sum(p.changed for p in parts),
+    )
+
+
+def _compare_rest(
+    old_files: list[DataFile],
+    new_files: list[DataFile],
+    read_old: ReadFiles,
+    read_new: ReadFiles,
+    new: TableEntry,
+) -> TableChange:
     if not old_files or not new_files:  # a side with nothing changed: no row to read
         return TableChange(
             added=sum(f.rows for f in new_files), deleted=sum(f.rows for f in old_files)
         )
     if counts_by_file(new) and [f.path for f in old_files] == [f.path for f in new_files]:
-        todo = [(o, n) for o, n in zip(old_files, new_files, strict=True) if n.path not in counted]
-        parts = [counted[f.path] for f in new_files if f.path in counted]
-        pairs = zip(read_old([o for o, _ in todo]), read_new([n for _, n in todo]), strict=True)
-        parts += [compare_namesakes(o, n, new.primary_key) for o, n in pairs]
+        pairs = zip(read_old(old_files), read_new(new_files), strict=True)
+        parts = [compare_namesakes(o, n, new.primary_key) for o, n in pairs]
         return TableChange(
             added=sum(p.added for p in parts),
             deleted=sum(p.deleted for p in parts),

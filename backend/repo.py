@@ -289,11 +289,14 @@ class SnapshotRepo:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self._index_file.unlink(missing_ok=True)
         if self.head() is not None:
-            self._reset_work_tree()
+            self.reset_work_tree()
         self._git("clean", "-fdq", "--", *_OWNED)
 
-    def _reset_work_tree(self) -> None:
-        # `git reset --hard` without its side effect: it would leave ORIG_HEAD behind.
+    def reset_work_tree(self) -> None:
+        """The work tree and index as at HEAD, missing files checked out again.
+
+        `git reset --hard` without its side effect: it would leave ORIG_HEAD behind.
+        """
         self._git("read-tree", "--reset", "-u", "HEAD")
 
     @property
@@ -377,7 +380,7 @@ class SnapshotRepo:
         try:
             self._check_out(previous, blobs, files)
         except OSError:
-            self._reset_work_tree()
+            self.reset_work_tree()
         self._pack_if_due()
         return commit
 

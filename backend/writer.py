@@ -21,8 +21,9 @@ from backend.layout import DataFile
 #: the rows' bytes in the file, index for index. A key-less table's key is the row.
 Batch = tuple[list[bytes], list[bytes]]
 
-#: Told of each data file as soon as it is complete, with where it was staged.
-OnFile = Callable[[DataFile, Path], None]
+#: Told of each data file as soon as it is complete: where it was staged, and the
+#: path of the file that follows it in the table (None for the last).
+OnFile = Callable[[DataFile, Path, str | None], None]
 #: Whether a complete data file is one the repository already holds, byte for byte.
 Held = Callable[[DataFile], bool]
 
@@ -132,12 +133,13 @@ class TableWriter:
             current = self.shards[-1]
             current.add(rows[start:cut])
             start = cut
+            following = self._open(layout.shard_name(keys[cut]))
             if current.rows:
-                self._close(current)
+                self._close(current, following.path)
             else:  # the table's first row is itself a cut: no "first" shard
                 current.discard()
                 self.shards.pop()
-            self.shards.append(self._open(layout.shard_name(keys[cut])))
+            self.shards.append(following)
         self.shards[-1].add(rows[start:])
 
     def _open(self, shard: str | None) -> _StagedFile:
@@ -146,7 +148,7 @@ class TableWriter:
         )
         return _StagedFile(self.stage, path)
 
-    def _close(self, staged_file: _StagedFile) -> None:
+    def _close(self, staged_file: _StagedFile, following: str | None = None) -> None:
         data_file = staged_file.close()
         self.closed.append(data_file)
         if self.held and self.held(data_file):
@@ -155,7 +157,7 @@ class TableWriter:
         staged_file.save()
         self.staged[data_file.path] = staged_file.local
         if self.on_file:
-            self.on_file(data_file, staged_file.local)
+            self.on_file(data_file, staged_file.local, following)
 
     def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
         """Close the files and record the staged ones in `staged` (repo path -> local file)."""

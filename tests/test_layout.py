@@ -1,6 +1,7 @@
 import hashlib
 import json
 import re
+import time
 import zlib
 
 import pytest
@@ -8,7 +9,7 @@ import sqlalchemy as sa
 from conftest import execute, git, run, work_tree
 
 from backend import codec, layout, writer
-from backend.export import HeadState, Selection, read_database
+from backend.export import HeadState, Selection, export_snapshot, read_database
 from backend.layout import split_rows, table_stem
 from backend.repo import SnapshotRepo
 
@@ -421,3 +422,62 @@ def test_files_larger_than_memory_are_written_as_they_grow(db_url, tmp_path, mon
         git(repo, "fsck", "--strict", "--no-dangling")
         trees.append(work_tree(repo))
     assert trees[0] == trees[1]
+
+
+def split_by_a_new_cut(ids):
+    """A shard of at least three rows, and a new key inside it that would be a cut."""
+    for path, keys in expected_shards(ids):
+        cut = next((k for k in range(keys[1] + 1, keys[-1], 2) if is_cut(k)), None)
+        if cut is not None:
+            return path, keys, cut
+    raise AssertionError("the fixture's keys offer no such cut")
+
+
+def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded):
+    # The split shard keeps its name but no longer ends where it did: it must be
+    # merged with its new neighbour, not compared alone. The shard changed far
+    # from it is compared alone, beside the read.
+    db, ids = sharded
+    path, keys, cut = split_by_a_new_cut(ids)
+    far = next(k for p, ks in expected_shards(ids) if p != path for k in ks)
+    execute(
+        db.url,
+        f"INSERT INTO t VALUES ({cut}, 'new')",
+        f"UPDATE t SET v = 'x' WHERE id = {keys[0]}",
+        f"UPDATE t SET v = 'y' WHERE id = {far}",
+    )
+    assert db.export().exit_code == 0
+    assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t +1 ~2\n"
+    assert git(db.repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(db.repo, "diff-files", "--name-only") == ""
+
+
+def test_a_failure_after_head_files_were_released_restores_them(sharded):
+    # A changed shard's previous version leaves the work tree as soon as it is
+    # compared; the run then fails, and the work tree is exactly as it was.
+    db, ids = sharded
+    execute(
+        db.url,
+        "CREATE TABLE u (id int PRIMARY KEY)",
+        "INSERT INTO u VALUES (1)",
+        f"UPDATE t SET v = 'changed' WHERE id = {ids[30]}",
+    )
+    before, head_before = work_tree(db.repo), git(db.repo, "rev-parse", "HEAD")
+    released = db.repo / shard_of(ids, ids[30])
+
+    def progress(table, done, total):
+        if table == "u":  # tables shown with progress are read in turn: t first
+            for _ in range(200):
+                if not released.exists():
+                    raise RuntimeError("stopped after the release")
+                time.sleep(0.05)
+            raise AssertionError("the changed shard's old version was never released")
+
+    engine = sa.create_engine(db.url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with pytest.raises(RuntimeError, match="stopped after the release"):
+        export_snapshot(engine, db.repo, timestamp=STAMPS[1], progress=progress)
+    engine.dispose()
+    assert git(db.repo, "rev-parse", "HEAD") == head_before
+    assert work_tree(db.repo) == before
+    assert git(db.repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(db.repo, "diff-files", "--name-only") == ""
