@@ -135,6 +135,10 @@ def _compare_files(
     old_files = [f for f in old_files if f.path not in counted]
     new_files = [f for f in new_files if f.path not in counted]
     parts.append(_compare_rest(old_files, new_files, read_old, read_new, new))
+    return _total(parts)
+
+
+def _total(parts: list[TableChange]) -> TableChange:
     return TableChange(
         added=sum(p.added for p in parts),
         deleted=sum(p.deleted for p in parts),
@@ -155,12 +159,7 @@ def _compare_rest(
         )
     if counts_by_file(new) and [f.path for f in old_files] == [f.path for f in new_files]:
         pairs = zip(read_old(old_files), read_new(new_files), strict=True)
-        parts = [compare_namesakes(o, n, new.primary_key) for o, n in pairs]
-        return TableChange(
-            added=sum(p.added for p in parts),
-            deleted=sum(p.deleted for p in parts),
-            changed=sum(p.changed for p in parts),
-        )
+        return _total([compare_namesakes(o, n, new.primary_key) for o, n in pairs])
     old_rows, new_rows = _read_all(old_files, read_old), _read_all(new_files, read_new)
     if not new.primary_key:  # sorted by their bytes: bytes order is file order
         return merge_rows(_numbered(old_rows), _numbered(new_rows), lambda row: row)
