@@ -96,7 +96,8 @@ class TableWriter:
     """Writes one table as a single file, or as shards once it grows past the threshold.
 
     Rows are held in memory only up to the threshold (SHARD_MIN_ROWS rows or
-    SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard file.
+    SHARD_MIN_BYTES bytes); past it, every row goes straight to its shard,
+    which is itself bounded in memory (see _StagedFile).
     A file `held` says the repository already holds is neither staged nor told
     to `on_file`: nothing reads it, since its bytes are HEAD's.
     """

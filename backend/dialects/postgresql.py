@@ -547,7 +547,7 @@ class _CopySink(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        chunk = self.tail + bytes(data)
+        chunk = self.tail + data  # a copy: the buffer behind `data` is reused
         end = chunk.rfind(b"\n")
         self.tail = chunk[end + 1 :]
         if end >= 0:
