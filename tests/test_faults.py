@@ -424,6 +424,53 @@ def test_export_killed_with_sigkill_mid_export_is_recovered_by_the_next_run(
     assert orjson.loads(files["tables/zz.json"]) == [{"id": 1}, {"id": 2}]
 
 
+def test_export_killed_after_releasing_head_files_is_recovered_by_the_next_run(
+    pg_url, repo_path, procs
+):
+    # An edited shard's previous version leaves the work tree while the read
+    # goes on; a run killed then leaves it missing, and the next run puts HEAD
+    # back before it exports.
+    execute(
+        pg_url,
+        "CREATE TABLE big (id integer PRIMARY KEY, v integer)",
+        "INSERT INTO big SELECT g, mod(g, 7) FROM generate_series(1, 60000) g",
+        "CREATE TABLE zz (id integer PRIMARY KEY)",
+        "INSERT INTO zz VALUES (1)",
+    )
+    old_head = export(pg_url, repo_path, T1).commit
+    before = work_tree(repo_path)
+    execute(pg_url, "UPDATE big SET v = v + 1 WHERE id = 1", "INSERT INTO zz VALUES (2)")
+    shards = orjson.loads(before["manifest.json"])["tables"]["big"]["shards"]
+    edited = repo_path / shards[0]["file"]
+
+    locker = sa.create_engine(pg_url)
+    try:
+        with locker.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE zz IN ACCESS EXCLUSIVE MODE")
+            proc = start(
+                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
+            )
+            wait_for(lambda: not edited.exists(), "the edited shard's old copy released", proc)
+            proc.send_signal(signal.SIGKILL)
+            assert finish(proc)[0] == -signal.SIGKILL
+            holder.rollback()
+    finally:
+        locker.dispose()
+
+    assert git(repo_path, "rev-parse", "HEAD").strip() == old_head
+    # The edit undone: the next run writes no new copy, so the old one must come back.
+    execute(pg_url, "UPDATE big SET v = v - 1 WHERE id = 1")
+    rc, out, err = cli("export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T3)
+    head = git(repo_path, "rev-parse", "HEAD").strip()
+    assert (rc, err) == (0, "")
+    assert out == f"committed {head[:10]} snapshot {T3}: zz +1\n"
+    assert_clean(repo_path)
+    git(repo_path, "fsck", "--strict")
+    after = work_tree(repo_path)
+    assert sorted(after) == sorted(before)
+    assert [p for p in before if after[p] != before[p]] == ["manifest.json", "tables/zz.json"]
+
+
 def test_run_killed_after_head_moved_is_repaired_by_the_next_run(sqlite_url, repo_path):
     fill(sqlite_url, "a", 20)
     fill(sqlite_url, "b", 20)
