@@ -648,7 +648,7 @@ def test_postgres_repeating_client_encoded_values_match_the_slow_path(
 ):
     # JSON, float, time and bytea values are encoded in Python and remembered
     # by their COPY text; a memo this small is emptied many times over.
-    monkeypatch.setattr(postgresql, "_MEMO_SIZE", 5)
+    monkeypatch.setattr(postgresql, "_MEMO_BYTES", 200)
     execute(
         pg_url,
         "CREATE TABLE t (k int PRIMARY KEY, j jsonb, f float8, tm time, b bytea)",

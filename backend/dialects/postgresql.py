@@ -32,7 +32,7 @@ _COPY_NULL = b"\\N"
 _PLAIN_STRING = re.compile(rb'["\\\x00-\x1f]')
 _COPY_CHUNK = 1 << 18
 _COPY_BUFFER = 1 << 18
-_MEMO_SIZE = 8192
+_MEMO_BYTES = 2 * 1024 * 1024
 _MEMO_MAX_BYTES = 512
 
 
@@ -488,6 +488,7 @@ class _ColumnEncoder:
     def __init__(self, encode: codec.TextEncoder) -> None:
         self.encode = encode
         self.memo = {_COPY_NULL: b"null"}
+        self.memo_bytes = 0
 
     def column(self, raws: list[bytes]) -> list[bytes]:
         encoded: list[bytes | None] = list(map(self.memo.get, raws))
@@ -500,9 +501,10 @@ class _ColumnEncoder:
     def _miss(self, raw: bytes) -> bytes:
         value = self.encode(raw)
         if len(raw) <= _MEMO_MAX_BYTES:
-            if len(self.memo) >= _MEMO_SIZE:
-                self.memo = {_COPY_NULL: b"null"}
+            if self.memo_bytes > _MEMO_BYTES:  # a bound on memory, whatever the values
+                self.memo, self.memo_bytes = {_COPY_NULL: b"null"}, 0
             self.memo[raw] = value
+            self.memo_bytes += len(raw) + len(value)
         return value
 
 
