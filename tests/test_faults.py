@@ -348,6 +348,27 @@ def test_unreachable_database_exits_1_with_one_line_and_repo_untouched(pg_url, r
 # ------------------------------------------------------------------ kill -9
 
 
+def kill_export_while_zz_is_locked(pg_url, repo_path, procs, until, what):
+    """Start an export at T2 and SIGKILL it once `until()` holds.
+
+    zz, read after big, is locked meanwhile: however fast the export reads big,
+    it is still running when the moment comes.
+    """
+    locker = sa.create_engine(pg_url)
+    try:
+        with locker.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE zz IN ACCESS EXCLUSIVE MODE")
+            proc = start(
+                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
+            )
+            wait_for(until, what, proc)
+            proc.send_signal(signal.SIGKILL)
+            assert finish(proc)[0] == -signal.SIGKILL
+            holder.rollback()
+    finally:
+        locker.dispose()
+
+
 def test_export_killed_with_sigkill_mid_export_is_recovered_by_the_next_run(
     pg_url, repo_path, procs
 ):
@@ -366,28 +387,13 @@ def test_export_killed_with_sigkill_mid_export_is_recovered_by_the_next_run(
     )
     staging = repo_path / ".git" / "jsonsnap-staging"
 
-    locker = sa.create_engine(pg_url)
-    try:
-        with locker.connect() as holder:
-            # zz, read after big, is locked: however fast the export reads big, it is
-            # still running when big's first shard appears in the staging folder.
-            holder.exec_driver_sql("LOCK TABLE zz IN ACCESS EXCLUSIVE MODE")
-            proc = start(
-                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
-            )
-            wait_for(
-                lambda: (
-                    staging.is_dir()
-                    and any(n.startswith("tables%big%") for n in os.listdir(staging))
-                ),
-                "a shard file in the staging folder",
-                proc,
-            )
-            proc.send_signal(signal.SIGKILL)
-            assert finish(proc)[0] == -signal.SIGKILL
-            holder.rollback()
-    finally:
-        locker.dispose()
+    kill_export_while_zz_is_locked(
+        pg_url,
+        repo_path,
+        procs,
+        lambda: staging.is_dir() and any(n.startswith("tables%big%") for n in os.listdir(staging)),
+        "a shard file in the staging folder",
+    )
 
     assert git(repo_path, "rev-parse", "HEAD").strip() == old_head
     assert staging.is_dir()  # the killed run really was cut short
@@ -443,19 +449,9 @@ def test_export_killed_after_releasing_head_files_is_recovered_by_the_next_run(
     shards = orjson.loads(before["manifest.json"])["tables"]["big"]["shards"]
     edited = repo_path / shards[0]["file"]
 
-    locker = sa.create_engine(pg_url)
-    try:
-        with locker.connect() as holder:
-            holder.exec_driver_sql("LOCK TABLE zz IN ACCESS EXCLUSIVE MODE")
-            proc = start(
-                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
-            )
-            wait_for(lambda: not edited.exists(), "the edited shard's old copy released", proc)
-            proc.send_signal(signal.SIGKILL)
-            assert finish(proc)[0] == -signal.SIGKILL
-            holder.rollback()
-    finally:
-        locker.dispose()
+    kill_export_while_zz_is_locked(
+        pg_url, repo_path, procs, lambda: not edited.exists(), "the old copy released"
+    )
 
     assert git(repo_path, "rev-parse", "HEAD").strip() == old_head
     # The edit undone: the next run writes no new copy, so the old one must come back.
