@@ -310,23 +310,9 @@ def _text_bytes(raw: bytes) -> bytes:
     return b'"' + base64.b64encode(bytes.fromhex(raw[2:].decode("ascii"))) + b'"'
 
 
-#: Recently encoded small JSON documents: attribute bags and settings repeat
-#: from row to row, and encoding is a pure function of the text.
-_JSON_MEMO: dict[bytes, bytes] = {}
-_JSON_MEMO_SIZE = 8192
-_JSON_MEMO_MAX_BYTES = 512
-
-
 def _text_json(raw: bytes) -> bytes:
-    encoded = _JSON_MEMO.get(raw)
-    if encoded is None:
-        value = _wrap(_parse_trusted(raw))
-        encoded = orjson.dumps(value, option=PRETTY).replace(b"\n", _FIELD_INDENT)
-        if len(raw) <= _JSON_MEMO_MAX_BYTES:
-            if len(_JSON_MEMO) >= _JSON_MEMO_SIZE:
-                _JSON_MEMO.clear()
-            _JSON_MEMO[raw] = encoded
-    return encoded
+    value = _wrap(_parse_trusted(raw))
+    return orjson.dumps(value, option=PRETTY).replace(b"\n", _FIELD_INDENT)
 
 
 def _parse_trusted(raw: bytes) -> Any:

@@ -339,7 +339,10 @@ class _RowEncoder:
         kinds = [source.columns[name] for name in names]
         quoted = [kind in codec.TEXT_QUOTED for kind in kinds]
         self.select = [quote(name) for name in names]
-        self.encoders = [_copy_encoder(kind) for kind in kinds]
+        self.encoders = [
+            _ColumnEncoder(_client_encoder(kind)) if kind in _CLIENT_KINDS else _copy_encoder(kind)
+            for kind in kinds
+        ]
         self.calls = [
             (i, enc) for i, enc in enumerate(self.encoders) if enc is not None and not quoted[i]
         ]
@@ -410,12 +413,12 @@ class _ServerRows:
     def __init__(
         self,
         select: list[str],
-        encoders: list[codec.TextEncoder],
+        encoders: list[_ColumnEncoder],
         keyed: bool,
         lateral: str | None,
     ) -> None:
         self.select = select
-        self.encoders = [_ColumnEncoder(encode) for encode in encoders]
+        self.encoders = encoders
         self.keyed = keyed
         self.lateral = lateral
         self.width = len(select)
@@ -447,7 +450,7 @@ class _ServerRows:
         for name, part in zip(names, parts[1:], strict=True):
             if kinds[name] in _CLIENT_KINDS:
                 select.extend([" || ".join(segment), column(name)])
-                encoders.append(_copy_encoder(kinds[name]) or _as_is)
+                encoders.append(_ColumnEncoder(_client_encoder(kinds[name])))
                 segment = []
             else:
                 segment.append(alias[name])
@@ -477,18 +480,29 @@ class _ServerRows:
         return (keys if self.keyed else rows), rows
 
 
-class _ColumnEncoder:
-    """Encodes a batch of one column's COPY texts, remembering recent small ones.
+def _client_encoder(kind: str) -> codec.TextEncoder:
+    encode = _copy_encoder(kind)
+    assert encode is not None, kind  # every kind of _CLIENT_KINDS has one
+    return encode
 
-    Attribute bags, settings, times and prices repeat from row to row; a hit
-    is a dict lookup in C, with no Python call per value. The memo is keyed by
-    the COPY text itself, escapes included, so it can never confuse two values.
+
+class _ColumnEncoder:
+    """Encodes one column's COPY texts, remembering recent small ones.
+
+    Attribute bags, settings, times and prices repeat from row to row; in a
+    batch, a hit is a dict lookup in C, with no Python call per value. The memo
+    is keyed by the COPY text itself, escapes included, so it can never confuse
+    two values, and it lives as long as one table's read.
     """
 
     def __init__(self, encode: codec.TextEncoder) -> None:
         self.encode = encode
         self.memo = {_COPY_NULL: b"null"}
         self.memo_bytes = 0
+
+    def __call__(self, raw: bytes) -> bytes:
+        value = self.memo.get(raw)
+        return self._miss(raw) if value is None else value
 
     def column(self, raws: list[bytes]) -> list[bytes]:
         encoded: list[bytes | None] = list(map(self.memo.get, raws))
@@ -512,16 +526,13 @@ def _unescape_server(text: bytes) -> bytes:
     return text.replace(b"\\\\", b"\\") if b"\\" in text else text
 
 
-def _as_is(raw: bytes) -> bytes:
-    return raw
-
-
 def _literal(text: str) -> str:
     """A SQL string literal for `text`, its newlines written as _NEWLINE.
 
     An E'' literal reads backslash escapes whatever standard_conforming_strings says.
     """
-    escaped = text.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\x01")
+    escaped = text.replace("\\", "\\\\").replace("'", "''")
+    escaped = escaped.replace("\n", f"\\x{ord(_NEWLINE):02x}")
     return f"E'{escaped}'"
 
 
