@@ -176,6 +176,7 @@ def export_snapshot(
 class HeadState:
     """The snapshot at HEAD as this run found it: read once, shared by all its steps."""
 
+    commit: str | None
     manifest: Manifest | None
     blobs: dict[str, str]  # path -> blob id, the whole tree
     repo: SnapshotRepo
@@ -184,7 +185,8 @@ class HeadState:
     def of(cls, repo: SnapshotRepo) -> HeadState:
         head = repo.head()
         previous = repo.manifest_at(head) if head else None
-        return cls(previous[0], previous[1], repo) if previous else cls(None, {}, repo)
+        manifest, blobs = previous if previous else (None, {})
+        return cls(head, manifest, blobs, repo)
 
     @property
     def tables(self) -> dict[str, TableEntry]:
@@ -250,7 +252,7 @@ class _Beside:
 
     def __init__(self, repo: SnapshotRepo) -> None:
         self.head = HeadState.of(repo)
-        self.store = repo.blob_store()
+        self.store = repo.blob_store(self.head.commit)
         # One worker: a table's comparison runs after those of its files.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary")
         self.counted: dict[str, Future[TableChange]] = {}

@@ -317,9 +317,10 @@ class SnapshotRepo:
         finally:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
 
-    def blob_store(self) -> BlobStore:
-        """Stores files in the background as they are finished; see BlobStore."""
-        return BlobStore(self)
+    def blob_store(self, head: str | None) -> BlobStore:
+        """Stores files in the background as they are finished, for a commit on
+        top of `head` (HEAD as the caller read it under the lock); see BlobStore."""
+        return BlobStore(self, head)
 
     def store_files(self, files: list[Path]) -> list[str]:
         """Write files into the object store, returning their blob ids, in one git call."""
@@ -444,7 +445,7 @@ class BlobStore:
 
     Compressing the objects is most of the cost of a commit; done here while the
     export goes on reading, it overlaps with the database and the row encoding
-    (zlib and hashlib release the GIL). A loose object is git's documented
+    (the compressors and hashlib release the GIL). A loose object is git's documented
     format: zlib("blob <size>\\0" + content), named by the SHA-1 of those bytes.
     Each goes through a temporary file in the staging folder and a rename, as
     git writes them: a killed run leaves no partial object, at worst whole ones
@@ -452,8 +453,9 @@ class BlobStore:
     format gets its objects from `git hash-object` at commit time instead.
     """
 
-    def __init__(self, repo: SnapshotRepo) -> None:
+    def __init__(self, repo: SnapshotRepo, head: str | None) -> None:
         self.repo = repo
+        self.head = head
         self.objects = repo.git_dir / "objects"
         reader = repo.repo.config_reader()
         self.enabled = reader.get_value("extensions", "objectformat", "sha1") == "sha1"
@@ -462,7 +464,6 @@ class BlobStore:
         self.pool = ThreadPoolExecutor(max_workers=_BLOB_WORKERS, thread_name_prefix="blobs")
         self.pending: dict[str, Future[str]] = {}
         self.created: list[Path] = []
-        self.head = repo.head()
 
     def submit(self, path: str, local: Path) -> None:
         if self.enabled:
@@ -481,12 +482,6 @@ class BlobStore:
                 target.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     target.parent.rmdir()  # only if this run made the fan-out folder
-
-    def __enter__(self) -> BlobStore:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
-        self.close(failed=exc_type is not None)
 
     def _write(self, local: Path) -> str:
         obj = _read_as_blob(local)
