@@ -113,25 +113,23 @@ class TableWriter:
         self.keys: list[bytes] = []
         self.rows: list[bytes] = []
         self.buffered_bytes = 0
-        self.shards: list[_StagedFile] = []
+        self.shard: _StagedFile | None = None  # the open one, once the table is sharded
         self.closed: list[DataFile] = []
 
     def add(self, keys: list[bytes], rows: list[bytes]) -> None:
-        if self.shards:
-            self._add_to_shards(keys, rows)
+        if self.shard:
+            self._add_to_shards(self.shard, keys, rows)
             return
         self.keys.extend(keys)
         self.rows.extend(rows)
         self.buffered_bytes += sum(map(len, rows))
         if len(self.rows) > layout.SHARD_MIN_ROWS or self.buffered_bytes > layout.SHARD_MIN_BYTES:
-            self.shards.append(self._open(layout.FIRST_SHARD))
             keys, rows, self.keys, self.rows = self.keys, self.rows, [], []
-            self._add_to_shards(keys, rows)
+            self._add_to_shards(self._open(layout.FIRST_SHARD), keys, rows)
 
-    def _add_to_shards(self, keys: list[bytes], rows: list[bytes]) -> None:
+    def _add_to_shards(self, current: _StagedFile, keys: list[bytes], rows: list[bytes]) -> None:
         start = 0
         for cut in layout.cut_positions(keys):
-            current = self.shards[-1]
             current.add(rows[start:cut])
             start = cut
             following = self._open(layout.shard_name(keys[cut]))
@@ -139,9 +137,9 @@ class TableWriter:
                 self._close(current, following.path)
             else:  # the table's first row is itself a cut: no "first" shard
                 current.discard()
-                self.shards.pop()
-            self.shards.append(following)
-        self.shards[-1].add(rows[start:])
+            current = following
+        current.add(rows[start:])
+        self.shard = current
 
     def _open(self, shard: str | None) -> _StagedFile:
         path = (
@@ -162,14 +160,14 @@ class TableWriter:
 
     def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
         """Close the files and record the staged ones in `staged` (repo path -> local file)."""
-        if self.shards:
-            self._close(self.shards[-1])
+        if self.shard:
+            self._close(self.shard)
         else:
             single = self._open(None)
             single.add(self.rows)
             self._close(single)
         staged.update(self.staged)
-        return self.closed, bool(self.shards)
+        return self.closed, self.shard is not None
 
 
 class ExternalSorter:
@@ -195,16 +193,16 @@ class ExternalSorter:
         try:
             if not self.runs:
                 self.chunk.sort()
-                yield _unzip(self.chunk)
+                yield batch_of(self.chunk)
                 return
             self.runs.append(self._spill())
             batch: list[tuple[bytes, bytes]] = []
             for row in heapq.merge(*(_read_run(run) for run in self.runs)):
                 batch.append(row)
                 if len(batch) >= _MERGE_BATCH:
-                    yield _unzip(batch)
+                    yield batch_of(batch)
                     batch = []
-            yield _unzip(batch)
+            yield batch_of(batch)
         finally:
             for run in self.runs:
                 run.close()
@@ -219,7 +217,8 @@ class ExternalSorter:
         return run
 
 
-def _unzip(pairs: list[tuple[bytes, bytes]]) -> Batch:
+def batch_of(pairs: list[tuple[bytes, bytes]]) -> Batch:
+    """(key, row) pairs as a Batch."""
     return [key for key, _ in pairs], [row for _, row in pairs]
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from backend import codec
 from backend.dialects.base import Dialect, Emit, RowSource, RowTarget
 from backend.errors import RestoreConflict
-from backend.writer import Batch
+from backend.writer import Batch, batch_of
 
 # Read as text: psycopg2 turns an interval's months into 30 days, JSON numbers
 # into floats, and 'infinity' dates into year 9999; PostgreSQL's own text keeps
@@ -354,8 +354,7 @@ class _RowEncoder:
         )
 
     def chunk(self, data: bytes) -> Batch:
-        pairs = [self(line) for line in data.split(b"\n")]
-        return [key for key, _ in pairs], [row for _, row in pairs]
+        return batch_of([self(line) for line in data.split(b"\n")])
 
     def __call__(self, line: bytes) -> tuple[bytes, bytes]:
         fields = line.split(b"\t")
