@@ -108,8 +108,21 @@ def head(repo: Path, rev: str = "HEAD") -> str:
     return git(repo, "rev-parse", rev).strip()
 
 
+def engine_for(url: str) -> sa.Engine:
+    """An engine for a test URL: plain postgresql:// URLs go through psycopg2."""
+    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+
+
+def loose_object(repo: Path, rev: str) -> Path:
+    """The loose object file of the blob at `rev` (such as HEAD:path)."""
+    sha = git(repo, "rev-parse", rev).strip()
+    path = repo / ".git" / "objects" / sha[:2] / sha[2:]
+    assert path.is_file()
+    return path
+
+
 def execute(url: str, *statements: str) -> None:
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = engine_for(url)
     with engine.begin() as conn:
         for statement in statements:
             conn.exec_driver_sql(statement)

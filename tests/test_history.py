@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import execute, git, head, run
+from conftest import engine_for, execute, git, head, run
 
 from backend.errors import BadInput, SnapshotCorrupt
 from backend.snapshot import list_snapshots, load_snapshot, resolve_snapshot
@@ -60,7 +60,7 @@ def is_pg(url: str) -> bool:
 
 def live_rows(url: str, table: str) -> list[dict]:
     """The table as SQLAlchemy returns it, typed by reflection, in key order."""
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = engine_for(url)
     try:
         reflected = sa.Table(table, sa.MetaData(), autoload_with=engine)
         key = list(reflected.primary_key.columns)
@@ -629,7 +629,7 @@ def test_reading_snapshots_leaves_no_git_process_running(sqlite_url, repo_path):
 
 
 def rows_of(url: str, table: str) -> list[tuple]:
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = engine_for(url)
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1")]

@@ -5,8 +5,7 @@ import time
 import zlib
 
 import pytest
-import sqlalchemy as sa
-from conftest import execute, git, run, work_tree
+from conftest import engine_for, execute, git, loose_object, run, work_tree
 
 from backend import codec, layout, writer
 from backend.export import HeadState, Selection, export_snapshot, read_database
@@ -359,11 +358,6 @@ def test_a_row_replaced_by_another_key_in_the_same_shard_is_added_and_deleted(sh
     assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t +1 -1\n"
 
 
-def loose_object(repo, path):
-    blob = git(repo, "rev-parse", f"HEAD:{path}").strip()
-    return (repo / ".git" / "objects" / blob[:2] / blob[2:]).read_bytes()
-
-
 @pytest.mark.parametrize(
     ("setting", "compressed"),
     [(None, True), ("0", False), ("9", True)],
@@ -380,7 +374,7 @@ def test_data_objects_are_zlib_at_the_configured_level(sqlite_url, repo_path, se
         git(repo_path, "config", "core.looseCompression", setting)
     assert run("export", "--db", sqlite_url, "--repo", str(repo_path)).exit_code == 0
     content = (repo_path / "tables/t.json").read_bytes()
-    stored = loose_object(repo_path, "tables/t.json")
+    stored = loose_object(repo_path, "HEAD:tables/t.json").read_bytes()
     assert zlib.decompress(stored) == b"blob %d\0" % len(content) + content
     assert (len(stored) < len(content) // 4) is compressed
     git(repo_path, "fsck", "--strict", "--no-dangling")
@@ -391,7 +385,7 @@ def test_only_the_files_head_lacks_are_staged(sharded, tmp_path):
     # never staged. Here one shard changed, so exactly that one is.
     db, ids = sharded
     execute(db.url, f"UPDATE t SET v = 'changed' WHERE id = {ids[30]}")
-    engine = sa.create_engine(db.url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = engine_for(db.url)
     stage = tmp_path / "stage"
     stage.mkdir()
     head = HeadState.of(SnapshotRepo.open(db.repo))
@@ -473,7 +467,7 @@ def test_a_failure_after_head_files_were_released_restores_them(sharded):
                 time.sleep(0.05)
             raise AssertionError("the changed shard's old version was never released")
 
-    engine = sa.create_engine(db.url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = engine_for(db.url)
     with pytest.raises(RuntimeError, match="stopped after the release"):
         export_snapshot(engine, db.repo, timestamp=STAMPS[1], progress=progress)
     engine.dispose()

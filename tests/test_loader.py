@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_SERVER, execute, git, head, run
+from conftest import PG_SERVER, execute, head, loose_object, run
 
 from backend.loader import DataUnavailable, FallbackLoader, load_materials_data, load_table
 
@@ -366,13 +366,6 @@ def test_fallback_reads_git_objects_never_the_work_tree(sqlite_url, repo_path):
 
 
 # ---------------------------------------------------------------- the cache
-
-
-def loose_object(repo: Path, rev: str) -> Path:
-    sha = git(repo, "rev-parse", rev).strip()
-    path = repo / ".git" / "objects" / sha[:2] / sha[2:]
-    assert path.is_file()
-    return path
 
 
 def test_rows_are_decoded_once_per_head_commit(sqlite_url, repo_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_SERVER, execute, git, head, repo_state, run
+from conftest import PG_SERVER, engine_for, execute, git, head, repo_state, run
 
 from backend.db import make_engine
 
@@ -46,10 +46,6 @@ def fresh_pg_url(pg_server) -> str:
 
 def is_pg(url: str) -> bool:
     return url.startswith("postgresql")
-
-
-def engine_for(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
 
 
 def export(url: str, repo: Path, stamp: str | None = None) -> str:

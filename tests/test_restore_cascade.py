@@ -1,11 +1,10 @@
 """Restoring one table never cascades into the tables that reference it."""
 
-import sqlalchemy as sa
-from conftest import execute, run
+from conftest import engine_for, execute, run
 
 
 def _rows(url: str, table: str) -> list[tuple]:
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = engine_for(url)
     with engine.connect() as conn:
         rows = [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id")]
     engine.dispose()
