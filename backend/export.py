@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import importlib.resources
+import logging
 import os
 import threading
 import warnings
@@ -43,6 +44,8 @@ from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
 from backend.repo import SnapshotRepo
 from backend.writer import Batch, ExternalSorter, Held, TableWriter, staged_reader
+
+_log = logging.getLogger(__name__)
 
 #: Progress callback: (table, rows done, rows in the table).
 Progress = Callable[[str, int, int], None]
@@ -301,10 +304,17 @@ class _Beside:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        failed = exc_type is not None
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if exc_type is not None and self.released:
-            self.head.repo.reset_work_tree()  # HEAD's released files, back in place
-        self.store.close(failed=exc_type is not None)
+        try:
+            if failed and self.released:
+                self.head.repo.reset_work_tree()  # HEAD's released files, back in place
+        except RepoError as error:
+            # The run's own failure is the one to report; the next run's
+            # recovery checks HEAD out again.
+            _log.warning("could not check HEAD's files out again: %s", error)
+        finally:
+            self.store.close(failed=failed)
 
 
 def _check_reachable(engine: Engine) -> None:
