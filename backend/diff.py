@@ -8,7 +8,6 @@ the other side's is skipped without parsing any JSON.
 
 from __future__ import annotations
 
-import operator
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,14 +107,8 @@ def compare_namesakes(old_data: bytes, new_data: bytes, key: list[str]) -> Table
     bytes in bulk. Any other pair is merged row by row.
     """
     key_of = _key_values(key)
-    # Rows without their closing brace (the last keeps it), for speed: two
-    # rows at the same place compare the same either way.
-    old_rows, new_rows = layout.split_bare_rows(old_data), layout.split_bare_rows(new_data)
-    differing = [i for i, same in enumerate(map(operator.eq, old_rows, new_rows)) if not same]
-    if len(old_rows) == len(new_rows) and all(
-        key_of(layout.close_row(old_rows, i)) == key_of(layout.close_row(new_rows, i))
-        for i in differing
-    ):
+    differing = layout.differing_rows(old_data, new_data)
+    if differing is not None and all(key_of(old) == key_of(new) for old, new in differing):
         return TableChange(changed=len(differing))
     return merge_rows(layout.split_rows(old_data), layout.split_rows(new_data), key_of)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from backend import speedups
 from backend.errors import SnapshotCorrupt
 
 FORMAT_VERSION = 1
@@ -76,6 +77,8 @@ def cut_positions(keys: list[bytes]) -> list[int]:
     """
     # The same bound, on the spread alone: one product less per row.
     fibonacci, u64, limit = _FIBONACCI, _U64, -(-_U64 // SHARD_MEAN_ROWS)
+    if speedups.native:
+        return speedups.native.cut_positions(keys, fibonacci, limit)
     return [i for i, crc in enumerate(map(zlib.crc32, keys)) if (crc * fibonacci) & u64 < limit]
 
 
@@ -203,6 +206,39 @@ def split_bare_rows(data: bytes) -> list[bytes]:
     rows[0] = rows[0][2:]
     rows[-1] = rows[-1][:-3]  # the same row as rows[0] when there is only one
     return rows
+
+
+def differing_rows(old: bytes, new: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The rows, whole, at which two data files differ place by place; None if
+    they hold different numbers of rows.
+
+    For the commit summary of a shard that changed in place: a few differing
+    rows among thousands. The compiled way finds them without one object per row.
+    """
+    native = speedups.native
+    if native is None or not (_has_rows(old) and _has_rows(new)):
+        old_rows, new_rows = split_bare_rows(old), split_bare_rows(new)
+        if len(old_rows) != len(new_rows):
+            return None
+        return [
+            (close_row(old_rows, i), close_row(new_rows, i))
+            for i, (o, n) in enumerate(zip(old_rows, new_rows, strict=True))
+            if o != n
+        ]
+    pieces = native.differing_rows(old, new, _BETWEEN_ROWS)
+    if pieces is None:
+        return None
+    return [
+        (_whole_row(old, o_start, o_end), _whole_row(new, n_start, n_end))
+        for o_start, o_end, n_start, n_end in pieces
+    ]
+
+
+def _whole_row(data: bytes, start: int, end: int) -> bytes:
+    """A piece of `data` split at _BETWEEN_ROWS, as the row it holds."""
+    if end == len(data):  # the last row: without the closing bracket, its brace kept
+        return data[max(start, 2) : end - 3]
+    return data[max(start, 2) : end] + _ROW_END
 
 
 def close_row(bare_rows: list[bytes], index: int) -> bytes:

@@ -1,0 +1,567 @@
+/*
+ * jsonsnap's optional compiled fast paths (module backend._speedups).
+ *
+ * Each function here does, in one pass of C, what a pure-Python function of
+ * the package does value by value; backend/speedups.py says which, and the
+ * tests check that both give the same bytes. The package works without this
+ * module: it only changes how fast an export runs.
+ *
+ * - cut_positions: layout.cut_positions, the shard cut test run on every key.
+ * - encode_rows: PostgreSQL COPY text lines -> each row's key and pretty JSON,
+ *   as the dialect's _RowEncoder makes them, so the server only runs a plain
+ *   COPY (as pg_dump does) instead of printing JSON itself.
+ * - differing_rows: the rows at which two versions of a shard differ, for the
+ *   commit summary, without splitting either into one object per row.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* CRC-32 as zlib computes it (reflected, polynomial 0xEDB88320).            */
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+static uint32_t
+crc32_of(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static PyObject *
+cut_positions(PyObject *self, PyObject *args)
+{
+    PyObject *keys;
+    unsigned long long multiplier, limit;
+    if (!PyArg_ParseTuple(args, "O!KK", &PyList_Type, &keys, &multiplier, &limit))
+        return NULL;
+    PyObject *cuts = PyList_New(0);
+    if (cuts == NULL)
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "cut_positions: keys must be bytes");
+            goto fail;
+        }
+        uint64_t crc = crc32_of((const unsigned char *)PyBytes_AS_STRING(key),
+                                PyBytes_GET_SIZE(key));
+        if ((uint64_t)(crc * (uint64_t)multiplier) < (uint64_t)limit) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(cuts, index) < 0) {
+                Py_XDECREF(index);
+                goto fail;
+            }
+            Py_DECREF(index);
+        }
+    }
+    return cuts;
+fail:
+    Py_DECREF(cuts);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* A growable byte buffer.                                                    */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Buffer;
+
+static int
+buffer_reserve(Buffer *b, Py_ssize_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int
+buffer_add(Buffer *b, const char *p, Py_ssize_t n)
+{
+    if (buffer_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, p, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* COPY text -> JSON, one value.                                              */
+
+/* Column kinds, as backend/speedups.py numbers them. */
+enum {
+    KIND_RAW = 0,         /* integers: COPY text is the JSON number */
+    KIND_QUOTED = 1,      /* codec.TEXT_QUOTED: the text, in quotes */
+    KIND_STRING = 2,      /* strings: COPY-unescaped, then JSON-escaped as orjson does */
+    KIND_BOOLEAN = 3,     /* t / f */
+    KIND_TIMESTAMP = 4,   /* ISO 8601: 'T' for the first space */
+    KIND_TIMESTAMPTZ = 5, /* the same, and the bare +00 offset as +00:00 */
+    KIND_PYTHON = 6,      /* a memo of encoded values, then the column's encoder */
+};
+
+typedef struct {
+    int kind;
+    PyObject *encoder; /* borrowed: the exact Python encoder of COPY text, or None */
+    PyObject *memo;    /* borrowed: dict COPY text -> JSON, or None */
+} Column;
+
+static const char HEX[] = "0123456789abcdef";
+
+/* One byte of a string's content, escaped as orjson escapes it. */
+static int
+add_json_byte(Buffer *out, unsigned char c)
+{
+    if (c >= 0x20 && c != '"' && c != '\\') {
+        out->data[out->len++] = (char)c;
+        return 0;
+    }
+    char short_form = 0;
+    switch (c) {
+    case '"': short_form = '"'; break;
+    case '\\': short_form = '\\'; break;
+    case '\b': short_form = 'b'; break;
+    case '\t': short_form = 't'; break;
+    case '\n': short_form = 'n'; break;
+    case '\f': short_form = 'f'; break;
+    case '\r': short_form = 'r'; break;
+    }
+    if (short_form) {
+        out->data[out->len++] = '\\';
+        out->data[out->len++] = short_form;
+    } else {
+        memcpy(out->data + out->len, "\\u00", 4);
+        out->data[out->len + 4] = HEX[c >> 4];
+        out->data[out->len + 5] = HEX[c & 0xF];
+        out->len += 6;
+    }
+    return 0;
+}
+
+/* What a COPY escape \c stands for; any other escaped byte stands for itself. */
+static unsigned char
+copy_unescape(unsigned char c)
+{
+    switch (c) {
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    case 'v': return '\v';
+    default: return c;
+    }
+}
+
+static int
+add_string(Buffer *out, const unsigned char *p, Py_ssize_t n)
+{
+    /* At most six bytes out for each byte in, and the quotes. */
+    if (buffer_reserve(out, 6 * n + 2) < 0)
+        return -1;
+    out->data[out->len++] = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c == '\\' && i + 1 < n)
+            c = copy_unescape(p[++i]);
+        add_json_byte(out, c);
+    }
+    out->data[out->len++] = '"';
+    return 0;
+}
+
+static int
+add_quoted(Buffer *out, const char *p, Py_ssize_t n)
+{
+    if (buffer_reserve(out, n + 2) < 0)
+        return -1;
+    out->data[out->len++] = '"';
+    memcpy(out->data + out->len, p, (size_t)n);
+    out->len += n;
+    out->data[out->len++] = '"';
+    return 0;
+}
+
+static int
+add_object(Buffer *out, PyObject *value)
+{
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "encode_rows: an encoder returned something not bytes");
+        return -1;
+    }
+    return buffer_add(out, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+}
+
+/* The column's Python encoder on the raw text: for what the C cases leave. */
+static int
+add_encoded(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
+{
+    if (col->encoder == Py_None)
+        return buffer_add(out, p, n);
+    PyObject *raw = PyBytes_FromStringAndSize(p, n);
+    if (raw == NULL)
+        return -1;
+    PyObject *value = PyObject_CallOneArg(col->encoder, raw);
+    Py_DECREF(raw);
+    if (value == NULL)
+        return -1;
+    int result = add_object(out, value);
+    Py_DECREF(value);
+    return result;
+}
+
+static int
+add_remembered(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
+{
+    PyObject *raw = PyBytes_FromStringAndSize(p, n);
+    if (raw == NULL)
+        return -1;
+    PyObject *value = PyDict_GetItemWithError(col->memo, raw); /* borrowed */
+    if (value != NULL) {
+        Py_DECREF(raw);
+        return add_object(out, value);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(raw);
+        return -1;
+    }
+    value = PyObject_CallOneArg(col->encoder, raw);
+    Py_DECREF(raw);
+    if (value == NULL)
+        return -1;
+    int result = add_object(out, value);
+    Py_DECREF(value);
+    return result;
+}
+
+static int
+add_timestamp(Buffer *out, const char *p, Py_ssize_t n, int with_zone)
+{
+    if (n == 0 || p[0] < '0' || p[0] > '9' || (n >= 3 && memcmp(p + n - 3, " BC", 3) == 0))
+        return add_quoted(out, p, n); /* infinity, or before year 1 */
+    if (buffer_reserve(out, n + 5) < 0)
+        return -1;
+    char *start = out->data + out->len;
+    start[0] = '"';
+    memcpy(start + 1, p, (size_t)n);
+    char *space = memchr(start + 1, ' ', (size_t)n);
+    if (space != NULL)
+        *space = 'T';
+    out->len += 1 + n;
+    if (with_zone)
+        buffer_add(out, ":00", 3); /* reserved above */
+    out->data[out->len++] = '"';
+    return 0;
+}
+
+static int
+add_value(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
+{
+    if (n == 2 && p[0] == '\\' && p[1] == 'N')
+        return buffer_add(out, "null", 4);
+    int escaped = memchr(p, '\\', (size_t)n) != NULL;
+    switch (col->kind) {
+    case KIND_STRING:
+        return add_string(out, (const unsigned char *)p, n);
+    case KIND_PYTHON:
+        return add_remembered(out, col, p, n);
+    case KIND_RAW:
+        return escaped ? add_encoded(out, col, p, n) : buffer_add(out, p, n);
+    case KIND_QUOTED:
+        return escaped ? add_encoded(out, col, p, n) : add_quoted(out, p, n);
+    case KIND_BOOLEAN:
+        if (n == 1 && p[0] == 't')
+            return buffer_add(out, "true", 4);
+        if (n == 1 && p[0] == 'f')
+            return buffer_add(out, "false", 5);
+        return add_encoded(out, col, p, n);
+    case KIND_TIMESTAMP:
+    case KIND_TIMESTAMPTZ:
+        if (escaped)
+            return add_encoded(out, col, p, n);
+        return add_timestamp(out, p, n, col->kind == KIND_TIMESTAMPTZ);
+    default:
+        return add_encoded(out, col, p, n);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* encode_rows(chunk, parts, kinds, encoders, memos, key_index) -> (keys, rows) */
+
+typedef struct {
+    Py_ssize_t width;
+    Column *columns;
+    PyObject **parts; /* width + 1 borrowed bytes */
+    Py_ssize_t keys;
+    Py_ssize_t *key_index;
+} Plan;
+
+static int
+plan_of(Plan *plan, PyObject *parts, PyObject *kinds, PyObject *encoders, PyObject *memos,
+        PyObject *key_index)
+{
+    Py_ssize_t width = PyTuple_GET_SIZE(encoders);
+    if (PyTuple_GET_SIZE(parts) != width + 1 || PyBytes_GET_SIZE(kinds) != width ||
+        PyTuple_GET_SIZE(memos) != width || width == 0) {
+        PyErr_SetString(PyExc_ValueError, "encode_rows: the plan's lengths disagree");
+        return -1;
+    }
+    plan->width = width;
+    plan->columns = PyMem_Calloc((size_t)width, sizeof(Column));
+    plan->keys = PyTuple_GET_SIZE(key_index);
+    plan->key_index = PyMem_Calloc((size_t)plan->keys + 1, sizeof(Py_ssize_t));
+    plan->parts = PyMem_Calloc((size_t)width + 1, sizeof(PyObject *));
+    if (!plan->columns || !plan->key_index || !plan->parts) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i <= width; i++) {
+        plan->parts[i] = PyTuple_GET_ITEM(parts, i);
+        if (!PyBytes_Check(plan->parts[i])) {
+            PyErr_SetString(PyExc_TypeError, "encode_rows: parts must be bytes");
+            return -1;
+        }
+    }
+    const char *codes = PyBytes_AS_STRING(kinds);
+    for (Py_ssize_t i = 0; i < width; i++) {
+        Column *col = &plan->columns[i];
+        col->kind = codes[i];
+        col->encoder = PyTuple_GET_ITEM(encoders, i);
+        col->memo = PyTuple_GET_ITEM(memos, i);
+        if (col->kind == KIND_PYTHON && (!PyDict_Check(col->memo) || col->encoder == Py_None)) {
+            PyErr_SetString(PyExc_TypeError, "encode_rows: a Python column needs a memo and an encoder");
+            return -1;
+        }
+    }
+    for (Py_ssize_t k = 0; k < plan->keys; k++) {
+        Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_index, k));
+        if (index == -1 && PyErr_Occurred())
+            return -1;
+        if (index < 0 || index >= width) {
+            PyErr_SetString(PyExc_ValueError, "encode_rows: a key column is out of range");
+            return -1;
+        }
+        plan->key_index[k] = index;
+    }
+    return 0;
+}
+
+static void
+plan_free(Plan *plan)
+{
+    PyMem_Free(plan->columns);
+    PyMem_Free(plan->key_index);
+    PyMem_Free(plan->parts);
+}
+
+static int
+append_bytes(PyObject *list, const char *p, Py_ssize_t n)
+{
+    PyObject *item = PyBytes_FromStringAndSize(p, n);
+    if (item == NULL)
+        return -1;
+    int result = PyList_Append(list, item);
+    Py_DECREF(item);
+    return result;
+}
+
+/* One COPY line [line, end) -> its row in `row` and its key appended to `keys`. */
+static int
+encode_line(const Plan *plan, const char *line, const char *end, Buffer *row, Buffer *key,
+            Py_ssize_t *starts, Py_ssize_t *ends)
+{
+    Py_ssize_t width = plan->width;
+    row->len = 0;
+    const char *field = line;
+    for (Py_ssize_t i = 0; i < width; i++) {
+        const char *stop = memchr(field, '\t', (size_t)(end - field));
+        if (stop == NULL)
+            stop = end;
+        if ((stop == end) != (i == width - 1)) {
+            PyErr_Format(PyExc_ValueError, "encode_rows: a COPY line without %zd fields", width);
+            return -1;
+        }
+        PyObject *part = plan->parts[i];
+        if (buffer_add(row, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part)) < 0)
+            return -1;
+        starts[i] = row->len;
+        if (add_value(row, &plan->columns[i], field, stop - field) < 0)
+            return -1;
+        ends[i] = row->len;
+        field = stop + 1;
+    }
+    PyObject *last = plan->parts[width];
+    if (buffer_add(row, PyBytes_AS_STRING(last), PyBytes_GET_SIZE(last)) < 0)
+        return -1;
+    if (plan->keys == 0)
+        return 0;
+    key->len = 0;
+    if (buffer_add(key, "[", 1) < 0)
+        return -1;
+    for (Py_ssize_t k = 0; k < plan->keys; k++) {
+        Py_ssize_t i = plan->key_index[k];
+        if ((k && buffer_add(key, ",", 1) < 0) ||
+            buffer_add(key, row->data + starts[i], ends[i] - starts[i]) < 0)
+            return -1;
+    }
+    return buffer_add(key, "]", 1);
+}
+
+static PyObject *
+encode_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer chunk;
+    PyObject *parts, *kinds, *encoders, *memos, *key_index;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!", &chunk, &PyTuple_Type, &parts, &PyBytes_Type,
+                          &kinds, &PyTuple_Type, &encoders, &PyTuple_Type, &memos, &PyTuple_Type,
+                          &key_index))
+        return NULL;
+    Plan plan = {0};
+    Buffer row = {0}, key = {0};
+    PyObject *keys = NULL, *rows = NULL, *result = NULL;
+    Py_ssize_t *starts = NULL, *ends = NULL;
+    if (plan_of(&plan, parts, kinds, encoders, memos, key_index) < 0)
+        goto done;
+    starts = PyMem_Calloc((size_t)plan.width, sizeof(Py_ssize_t));
+    ends = PyMem_Calloc((size_t)plan.width, sizeof(Py_ssize_t));
+    rows = PyList_New(0);
+    keys = plan.keys ? PyList_New(0) : (Py_INCREF(rows), rows);
+    if (!starts || !ends || !rows || !keys) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    const char *p = chunk.buf, *end = p + chunk.len;
+    for (;;) {
+        const char *newline = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = newline ? newline : end;
+        if (encode_line(&plan, p, stop, &row, &key, starts, ends) < 0 ||
+            append_bytes(rows, row.data, row.len) < 0 ||
+            (plan.keys && append_bytes(keys, key.data, key.len) < 0))
+            goto done;
+        if (newline == NULL)
+            break;
+        p = newline + 1;
+    }
+    result = PyTuple_Pack(2, keys, rows);
+done:
+    Py_XDECREF(keys);
+    Py_XDECREF(rows);
+    PyMem_Free(starts);
+    PyMem_Free(ends);
+    PyMem_Free(row.data);
+    PyMem_Free(key.data);
+    plan_free(&plan);
+    PyBuffer_Release(&chunk);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* differing_rows(old, new, separator) -> [(old_start, old_end, new_start, new_end)] | None */
+
+static const char *
+find(const char *p, const char *end, const char *sep, Py_ssize_t n)
+{
+    const char *hit = memmem(p, (size_t)(end - p), sep, (size_t)n);
+    return hit ? hit : end;
+}
+
+static PyObject *
+differing_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer old, new, sep;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &old, &new, &sep))
+        return NULL;
+    PyObject *result = NULL;
+    PyObject *pairs = sep.len ? PyList_New(0) : NULL;
+    if (sep.len == 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "differing_rows: empty separator");
+    if (pairs == NULL)
+        goto done;
+    const char *o = old.buf, *o_end = o + old.len;
+    const char *n = new.buf, *n_end = n + new.len;
+    const char *o_base = o, *n_base = n;
+    for (;;) {
+        const char *o_stop = find(o, o_end, sep.buf, sep.len);
+        const char *n_stop = find(n, n_end, sep.buf, sep.len);
+        if ((o_stop == o_end) != (n_stop == n_end)) { /* not as many rows */
+            Py_INCREF(Py_None);
+            result = Py_None;
+            goto done;
+        }
+        if (o_stop - o != n_stop - n || memcmp(o, n, (size_t)(o_stop - o)) != 0) {
+            PyObject *pair = Py_BuildValue("(nnnn)", o - o_base, o_stop - o_base, n - n_base,
+                                           n_stop - n_base);
+            if (pair == NULL || PyList_Append(pairs, pair) < 0) {
+                Py_XDECREF(pair);
+                goto done;
+            }
+            Py_DECREF(pair);
+        }
+        if (o_stop == o_end)
+            break;
+        o = o_stop + sep.len;
+        n = n_stop + sep.len;
+    }
+    result = pairs;
+    pairs = NULL;
+done:
+    Py_XDECREF(pairs);
+    PyBuffer_Release(&old);
+    PyBuffer_Release(&new);
+    PyBuffer_Release(&sep);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static PyMethodDef methods[] = {
+    {"cut_positions", cut_positions, METH_VARARGS,
+     "cut_positions(keys, multiplier, limit): indexes i with "
+     "(crc32(keys[i]) * multiplier) mod 2**64 < limit."},
+    {"encode_rows", encode_rows, METH_VARARGS,
+     "encode_rows(chunk, parts, kinds, encoders, memos, key_index) -> (keys, rows)."},
+    {"differing_rows", differing_rows, METH_VARARGS,
+     "differing_rows(old, new, separator): offsets of the unequal pieces, or None "
+     "if the two split into different numbers of pieces."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups", "jsonsnap's optional compiled fast paths.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    crc_init();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,14 @@
+from collections.abc import Callable
+
+def cut_positions(keys: list[bytes], multiplier: int, limit: int) -> list[int]: ...
+def encode_rows(
+    chunk: bytes,
+    parts: tuple[bytes, ...],
+    kinds: bytes,
+    encoders: tuple[Callable[[bytes], bytes] | None, ...],
+    memos: tuple[dict[bytes, bytes] | None, ...],
+    key_index: tuple[int, ...],
+) -> tuple[list[bytes], list[bytes]]: ...
+def differing_rows(
+    old: bytes, new: bytes, separator: bytes
+) -> list[tuple[int, int, int, int]] | None: ...
