@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
+from backend import speedups
 from backend.cli import main
 
 PG_SERVER = os.environ.get(
@@ -86,6 +87,20 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The same test with the C extension and without it, as an install with no
+    compiler runs. Under CI=true the extension must have been built, or the
+    compiled paths would go untested."""
+    if request.param == "pure":
+        monkeypatch.setattr(speedups, "native", None)
+    elif speedups.native is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the C extension backend._speedups was not built")
+        pytest.skip("the C extension backend._speedups was not built")
+    return str(request.param)
 
 
 @pytest.fixture

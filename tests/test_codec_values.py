@@ -354,10 +354,11 @@ def fill_every_kind(url, drop=()):
     [(), ("x", "net")],
     ids=["types-only-python-can-print", "every-type-the-server-can-print"],
 )
-def test_postgres_fast_and_slow_paths_write_the_same_bytes(pg_url, repo_path, drop):
-    # xml and cidr keep the table on the path that encodes each COPY line in
-    # Python; without them the server prints the rows. Both must equal the
-    # slow path, which builds Python values.
+def test_postgres_fast_and_slow_paths_write_the_same_bytes(pg_url, repo_path, read_path, drop):
+    # Compiled, every COPY line is encoded in C. Pure, xml and cidr keep the
+    # table on the path that encodes each line in Python; without them the
+    # server prints the rows. Each must equal the slow path, which builds
+    # Python values.
     fill_every_kind(pg_url, drop)
     copy_with_array_column(pg_url, "t")
     export(pg_url, repo_path)
@@ -370,7 +371,7 @@ def test_postgres_fast_and_slow_paths_write_the_same_bytes(pg_url, repo_path, dr
     assert [r["k"] for r in json.loads(fast)] == ["B", "Z", "\\N", "a", 'q"\\k', "é"]
 
 
-def test_postgres_server_printed_rows_without_a_key_are_sorted_by_their_bytes(pg_url, repo_path):
+def test_postgres_rows_without_a_key_are_sorted_by_their_bytes(pg_url, repo_path, read_path):
     fill_every_kind(pg_url, ("x", "net"))
     execute(pg_url, "CREATE TABLE keyless AS SELECT * FROM t")
     export(pg_url, repo_path)
@@ -378,7 +379,7 @@ def test_postgres_server_printed_rows_without_a_key_are_sorted_by_their_bytes(pg
     assert list(layout.iter_rows(keyless)) == sorted(layout.iter_rows(keyed))
 
 
-def test_postgres_string_escapes_match_orjson(pg_url, repo_path):
+def test_postgres_string_escapes_match_orjson(pg_url, repo_path, read_path):
     # The server's to_json against orjson, for every code point up to 0x2FF
     # and a few beyond, in a key column and a value column.
     execute(
@@ -397,7 +398,7 @@ def test_postgres_string_escapes_match_orjson(pg_url, repo_path):
     assert rows == sorted(expected)
 
 
-def test_postgres_inet_is_written_the_same_by_both_read_paths(pg_url, repo_path):
+def test_postgres_inet_is_written_the_same_by_both_read_paths(pg_url, repo_path, read_path):
     execute(
         pg_url,
         "CREATE TABLE t (k text PRIMARY KEY, ip inet)",
@@ -644,7 +645,7 @@ def test_bytes_do_not_depend_on_time_zone_or_locale(db_url, tmp_path):
 
 
 def test_postgres_repeating_client_encoded_values_match_the_slow_path(
-    pg_url, repo_path, monkeypatch
+    pg_url, repo_path, monkeypatch, read_path
 ):
     # JSON, float, time and bytea values are encoded in Python and remembered
     # by their COPY text; a memo this small is emptied many times over.

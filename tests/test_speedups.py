@@ -1,0 +1,221 @@
+"""The compiled fast paths give exactly the bytes of the pure-Python ones.
+
+Each test runs the same input through both ways. The export tests in
+test_codec_values.py do the same end to end, on the real server
+(the `read_path` fixture).
+"""
+
+import random
+
+import pytest
+
+from backend import codec, layout, speedups
+from backend.dialects import postgresql
+from backend.dialects.base import RowSource
+
+pytestmark = pytest.mark.usefixtures("compiled")
+
+
+@pytest.fixture
+def compiled():
+    if speedups.native is None:
+        pytest.skip("the C extension backend._speedups was not built")  # CI fails in conftest
+
+
+def both_ways(monkeypatch, func, *args):
+    compiled = func(*args)
+    with monkeypatch.context() as patch:
+        patch.setattr(speedups, "native", None)
+        pure = func(*args)
+    return compiled, pure
+
+
+def test_cut_positions_are_the_same(monkeypatch):
+    rng = random.Random(7)
+    keys = [b"[%d]" % i for i in range(200_000)]
+    keys += [rng.randbytes(rng.randrange(0, 40)) for _ in range(50_000)]
+    keys += [f'["é", {i}]'.encode() for i in range(20_000)]
+    compiled, pure = both_ways(monkeypatch, layout.cut_positions, keys)
+    assert compiled == pure
+    assert 0 < len(pure) < len(keys) / 100  # a few cuts, not every key
+
+
+def shard(rows):
+    """A data file as the writer makes it."""
+    if not rows:
+        return b"[]\n"
+    return b"[\n" + b",\n".join(codec.pretty_row(r) for r in rows) + b"\n]\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ([{"id": 1}], [{"id": 1}]),
+        ([{"id": 1}], [{"id": 1, "v": 2}]),
+        ([{"id": i} for i in range(5)], [{"id": i, "v": i % 2} for i in range(5)]),
+        ([{"id": i} for i in range(5)], [{"id": i} for i in range(6)]),
+        ([{"id": i} for i in range(5)], [{"id": i} for i in range(4)]),
+        ([], [{"id": 1}]),
+        ([], []),
+        ([{"id": 1, "s": "a\n  },\n"}], [{"id": 1, "s": "b"}]),
+    ],
+    ids=[
+        "same",
+        "one-changed",
+        "some-changed",
+        "one-more",
+        "one-fewer",
+        "was-empty",
+        "empty",
+        "separator-in-a-string",
+    ],
+)
+def test_differing_rows_are_the_same(monkeypatch, old, new):
+    compiled, pure = both_ways(monkeypatch, layout.differing_rows, shard(old), shard(new))
+    assert compiled == pure
+    if pure is not None:
+        assert all(o in layout.split_rows(shard(old)) for o, _ in pure)
+        assert all(n in layout.split_rows(shard(new)) for _, n in pure)
+
+
+def test_differing_rows_gives_whole_rows(monkeypatch):
+    old = [{"id": i, "v": 0} for i in range(4)]
+    new = [{"id": i, "v": int(i in (0, 3))} for i in range(4)]
+    compiled, pure = both_ways(monkeypatch, layout.differing_rows, shard(old), shard(new))
+    expected = [(codec.pretty_row(old[i]), codec.pretty_row(new[i])) for i in (0, 3)]
+    assert compiled == pure == expected
+
+
+# COPY text as PostgreSQL writes it (escapes included), for every kind the
+# compiled encoder handles itself or hands to Python, with values it must leave
+# to the kind's Python encoder: NULLs, escapes, odd booleans, BC and infinite times.
+KINDS = {
+    "b": "boolean",
+    "d": "date",
+    "f": "float",
+    "i": "integer",
+    "j": "json",
+    "n": "decimal",
+    "s": "string",
+    "tm": "time",
+    "ts": "datetime",
+    "tz": "datetime_tz",
+    "u": "uuid",
+    "x": "text",
+    "y": "bytes",
+}
+FIELDS = [
+    [
+        "t",
+        "2026-11-28",
+        "0.5",
+        "1",
+        "{}",
+        "1.50",
+        "plain",
+        "13:14:15",
+        "2026-11-28 03:00:00",
+        "2026-11-28 02:00:00.5+00",
+        "12345678-1234-5678-1234-567812345678",
+        "é",
+        r"\\x00ff",
+    ],
+    [
+        "f",
+        r"\N",
+        "NaN",
+        "-2",
+        '{"a": [1, 2.50]}',
+        "NaN",
+        r'q"\\k\t\n\r\b\f\v\x',
+        "24:00:00+02",
+        "0044-03-15 10:00:00 BC",
+        "infinity",
+        r"\N",
+        r"\N",
+        r"\\x",
+    ],
+    [
+        "x",
+        "12345-06-07",
+        r"\N",
+        "9223372036854775807",
+        r"\N",
+        r"\N",
+        "",
+        r"\N",
+        "-infinity",
+        "0001-01-01 00:00:00+00 BC",
+        r"\N",
+        r"a\\",
+        r"\N",
+    ],
+    [
+        r"\N",
+        "infinity",
+        "1e-300",
+        "0",
+        "[]",
+        "-0.000",
+        "\x01\x1f\x7f\u2028",
+        "00:00:00",
+        r"\N",
+        r"\N",
+        r"\N",
+        r"\\N",
+        r"\N",
+    ],
+    # Escapes where PostgreSQL never writes one: each kind's Python encoder decides.
+    [
+        "t",
+        r"2026-01-01\x",
+        "Infinity",
+        r"1\\",
+        "null",
+        r"1\\2",
+        "\\",
+        "10:00:00",
+        r"2026\\-01-01 00:00:00",
+        r"2026 01\\",
+        r"u\\",
+        "tab\\",
+        r"\\x41",
+    ],
+]
+LINES = ["\t".join(fields) for fields in FIELDS]
+
+
+def source(key):
+    return RowSource(None, "t", KINDS, key)
+
+
+@pytest.mark.parametrize("key", [["i"], ["s", "i"], []], ids=["int-key", "two-keys", "no-key"])
+def test_encoded_copy_lines_are_the_same(key):
+    names = sorted(KINDS)
+    chunk = "\n".join(LINES).encode()
+
+    def quote(name):
+        return name
+
+    compiled = postgresql._NativeRows(speedups.native, quote, names, source(key)).chunk(chunk)
+    pure = postgresql._RowEncoder(quote, names, source(key)).chunk(chunk)
+    assert compiled == pure
+    assert len(pure[1]) == len(LINES)
+    rows = [codec.parse_row_exact(row) for row in pure[1][:4]]  # valid JSON, as PostgreSQL writes
+    assert rows[1]["s"] == 'q"\\k\t\n\r\b\f\x0bx'
+    assert [row["x"] for row in rows] == ["é", None, "a\\", "\\N"]
+
+
+def test_a_line_with_the_wrong_number_of_fields_is_an_error():
+    names = sorted(KINDS)
+    rows = postgresql._NativeRows(speedups.native, str, names, source(["i"]))
+    with pytest.raises(ValueError, match="COPY line"):
+        rows.chunk(LINES[0].encode() + b"\textra")
+    with pytest.raises(ValueError, match="COPY line"):
+        rows.chunk(b"t\t2026-11-28")
+
+
+def test_an_empty_line_is_one_empty_string():
+    text = RowSource(None, "t", {"s": "text"}, [])
+    rows = postgresql._NativeRows(speedups.native, str, ["s"], text)
+    assert rows.chunk(b"") == ([b'  {\n    "s": ""\n  }'], [b'  {\n    "s": ""\n  }'])
