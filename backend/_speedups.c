@@ -44,7 +44,7 @@ crc32_of(const unsigned char *p, Py_ssize_t n)
 }
 
 static PyObject *
-cut_positions(PyObject *self, PyObject *args)
+cut_positions(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *keys;
     unsigned long long multiplier, limit;
@@ -436,7 +436,7 @@ encode_line(const Plan *plan, const char *line, const char *end, Buffer *row, Bu
 }
 
 static PyObject *
-encode_rows(PyObject *self, PyObject *args)
+encode_rows(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer chunk;
     PyObject *parts, *kinds, *encoders, *memos, *key_index;
@@ -494,47 +494,82 @@ find(const char *p, const char *end, const char *sep, Py_ssize_t n)
     return hit ? hit : end;
 }
 
+typedef struct {
+    Py_ssize_t *offsets; /* four per differing piece */
+    Py_ssize_t count;
+    Py_ssize_t cap;
+} Pieces;
+
+/* 0: done; 1: not as many pieces on both sides; -1: out of memory. Needs no GIL. */
+static int
+find_differing(const char *old, Py_ssize_t old_len, const char *new, Py_ssize_t new_len,
+               const char *sep, Py_ssize_t sep_len, Pieces *pieces)
+{
+    const char *o = old, *o_end = old + old_len;
+    const char *n = new, *n_end = new + new_len;
+    for (;;) {
+        const char *o_stop = find(o, o_end, sep, sep_len);
+        const char *n_stop = find(n, n_end, sep, sep_len);
+        if ((o_stop == o_end) != (n_stop == n_end))
+            return 1;
+        if (o_stop - o != n_stop - n || memcmp(o, n, (size_t)(o_stop - o)) != 0) {
+            if (pieces->count == pieces->cap) {
+                Py_ssize_t cap = pieces->cap ? 2 * pieces->cap : 64;
+                Py_ssize_t *grown = PyMem_RawRealloc(pieces->offsets, 4 * (size_t)cap * sizeof(Py_ssize_t));
+                if (grown == NULL)
+                    return -1;
+                pieces->offsets = grown;
+                pieces->cap = cap;
+            }
+            Py_ssize_t *at = pieces->offsets + 4 * pieces->count++;
+            at[0] = o - old;
+            at[1] = o_stop - old;
+            at[2] = n - new;
+            at[3] = n_stop - new;
+        }
+        if (o_stop == o_end)
+            return 0;
+        o = o_stop + sep_len;
+        n = n_stop + sep_len;
+    }
+}
+
 static PyObject *
-differing_rows(PyObject *self, PyObject *args)
+differing_rows(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer old, new, sep;
     if (!PyArg_ParseTuple(args, "y*y*y*", &old, &new, &sep))
         return NULL;
     PyObject *result = NULL;
-    PyObject *pairs = sep.len ? PyList_New(0) : NULL;
-    if (sep.len == 0 && !PyErr_Occurred())
+    Pieces pieces = {0};
+    int status = 0;
+    if (sep.len == 0) {
         PyErr_SetString(PyExc_ValueError, "differing_rows: empty separator");
-    if (pairs == NULL)
         goto done;
-    const char *o = old.buf, *o_end = o + old.len;
-    const char *n = new.buf, *n_end = n + new.len;
-    const char *o_base = o, *n_base = n;
-    for (;;) {
-        const char *o_stop = find(o, o_end, sep.buf, sep.len);
-        const char *n_stop = find(n, n_end, sep.buf, sep.len);
-        if ((o_stop == o_end) != (n_stop == n_end)) { /* not as many rows */
-            Py_INCREF(Py_None);
-            result = Py_None;
-            goto done;
-        }
-        if (o_stop - o != n_stop - n || memcmp(o, n, (size_t)(o_stop - o)) != 0) {
-            PyObject *pair = Py_BuildValue("(nnnn)", o - o_base, o_stop - o_base, n - n_base,
-                                           n_stop - n_base);
-            if (pair == NULL || PyList_Append(pairs, pair) < 0) {
-                Py_XDECREF(pair);
-                goto done;
-            }
-            Py_DECREF(pair);
-        }
-        if (o_stop == o_end)
-            break;
-        o = o_stop + sep.len;
-        n = n_stop + sep.len;
     }
-    result = pairs;
-    pairs = NULL;
+    /* Shards run to hundreds of kilobytes: the other threads go on meanwhile. */
+    Py_BEGIN_ALLOW_THREADS
+    status = find_differing(old.buf, old.len, new.buf, new.len, sep.buf, sep.len, &pieces);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (status > 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyList_New(pieces.count);
+    for (Py_ssize_t i = 0; result && i < pieces.count; i++) {
+        Py_ssize_t *at = pieces.offsets + 4 * i;
+        PyObject *pair = Py_BuildValue("(nnnn)", at[0], at[1], at[2], at[3]);
+        if (pair == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, pair);
+    }
 done:
-    Py_XDECREF(pairs);
+    PyMem_RawFree(pieces.offsets);
     PyBuffer_Release(&old);
     PyBuffer_Release(&new);
     PyBuffer_Release(&sep);
@@ -557,6 +592,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_speedups", "jsonsnap's optional compiled fast paths.", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC

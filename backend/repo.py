@@ -45,6 +45,8 @@ _ZERO = "0" * 40
 _log = logging.getLogger(__name__)
 REMOTE = "origin"
 _OWNED = (MANIFEST, TABLES_DIR)
+#: How far back _settle dates the files it installs: past any racy-git window.
+_SETTLED_NS = 5 * 10**9
 #: Threads compressing objects beside the export: one keeps pace on two cores.
 _BLOB_WORKERS = 1
 
@@ -411,6 +413,7 @@ class SnapshotRepo:
                 target = self.path / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(files[path], target)
+                _settle(target)
         for path in old.keys() - new.keys():
             target = self.path / path
             target.unlink(missing_ok=True)
@@ -526,6 +529,19 @@ def _deflate(level: int) -> Callable[[bytearray], bytes]:
     if level == zlib.Z_BEST_SPEED:
         return functools.partial(isal_zlib.compress, level=1)
     return functools.partial(zlib.compress, level=level)
+
+
+def _settle(path: Path) -> None:
+    """Dates a file this run wrote a few seconds back, before the index records its stat.
+
+    Git distrusts the stat data of a file as new as the index itself ("racy
+    git") and hashes it again at the next status or checkout: after a nightly
+    export, hundreds of megabytes, at the start of the next run. The file holds
+    its blob's bytes exactly, so an older time is true to its content; any later
+    change gives it a new time, which git sees.
+    """
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - _SETTLED_NS))
 
 
 def _index_entry(local: Path, path: str, blob: str) -> IndexEntry:
