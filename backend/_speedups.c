@@ -287,16 +287,17 @@ add_value(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
 {
     if (n == 2 && p[0] == '\\' && p[1] == 'N')
         return buffer_add(out, "null", 4);
-    int escaped = memchr(p, '\\', (size_t)n) != NULL;
+    if (col->kind != KIND_STRING && col->kind != KIND_PYTHON && memchr(p, '\\', (size_t)n))
+        return add_encoded(out, col, p, n); /* an escape: the kind's Python encoder decides */
     switch (col->kind) {
     case KIND_STRING:
         return add_string(out, (const unsigned char *)p, n);
     case KIND_PYTHON:
         return add_remembered(out, col, p, n);
     case KIND_RAW:
-        return escaped ? add_encoded(out, col, p, n) : buffer_add(out, p, n);
+        return buffer_add(out, p, n);
     case KIND_QUOTED:
-        return escaped ? add_encoded(out, col, p, n) : add_quoted(out, p, n);
+        return add_quoted(out, p, n);
     case KIND_BOOLEAN:
         if (n == 1 && p[0] == 't')
             return buffer_add(out, "true", 4);
@@ -305,8 +306,6 @@ add_value(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
         return add_encoded(out, col, p, n);
     case KIND_TIMESTAMP:
     case KIND_TIMESTAMPTZ:
-        if (escaped)
-            return add_encoded(out, col, p, n);
         return add_timestamp(out, p, n, col->kind == KIND_TIMESTAMPTZ);
     default:
         return add_encoded(out, col, p, n);
@@ -453,7 +452,7 @@ encode_rows(PyObject *Py_UNUSED(self), PyObject *args)
     starts = PyMem_Calloc((size_t)plan.width, sizeof(Py_ssize_t));
     ends = PyMem_Calloc((size_t)plan.width, sizeof(Py_ssize_t));
     rows = PyList_New(0);
-    keys = plan.keys ? PyList_New(0) : (Py_INCREF(rows), rows);
+    keys = plan.keys ? PyList_New(0) : Py_XNewRef(rows); /* keyless: the row is its key */
     if (!starts || !ends || !rows || !keys) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
