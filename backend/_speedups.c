@@ -78,7 +78,7 @@ fail:
 }
 
 /* ------------------------------------------------------------------------ */
-/* A growable byte buffer.                                                    */
+/* A growable byte buffer, usable without the GIL: on failure it only says so. */
 
 typedef struct {
     char *data;
@@ -91,14 +91,12 @@ buffer_reserve(Buffer *b, Py_ssize_t extra)
 {
     if (b->len + extra <= b->cap)
         return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra)
         cap *= 2;
-    char *data = PyMem_Realloc(b->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
+    char *data = PyMem_RawRealloc(b->data, (size_t)cap);
+    if (data == NULL)
         return -1;
-    }
     b->data = data;
     b->cap = cap;
     return 0;
@@ -117,7 +115,7 @@ buffer_add(Buffer *b, const char *p, Py_ssize_t n)
 /* ------------------------------------------------------------------------ */
 /* COPY text -> JSON, one value.                                              */
 
-/* Column kinds, as backend/speedups.py numbers them. */
+/* Column kinds, as backend/dialects/postgresql.py numbers them. */
 enum {
     KIND_RAW = 0,         /* integers: COPY text is the JSON number */
     KIND_QUOTED = 1,      /* codec.TEXT_QUOTED: the text, in quotes */
@@ -134,15 +132,33 @@ typedef struct {
     PyObject *memo;    /* borrowed: dict COPY text -> JSON, or None */
 } Column;
 
+static int
+is_null(const char *p, Py_ssize_t n)
+{
+    return n == 2 && p[0] == '\\' && p[1] == 'N';
+}
+
+/* Whether a value goes to Python: every value of a Python column, and the
+   texts the C cases below do not expect (an escape, a boolean neither t nor f). */
+static int
+needs_python(const Column *col, const char *p, Py_ssize_t n)
+{
+    if (is_null(p, n) || col->kind == KIND_STRING)
+        return 0;
+    if (col->kind == KIND_PYTHON || memchr(p, '\\', (size_t)n) != NULL)
+        return 1;
+    return col->kind == KIND_BOOLEAN && !(n == 1 && (p[0] == 't' || p[0] == 'f'));
+}
+
 static const char HEX[] = "0123456789abcdef";
 
-/* One byte of a string's content, escaped as orjson escapes it. */
-static int
+/* One byte of a string's content, escaped as orjson escapes it; room is reserved. */
+static void
 add_json_byte(Buffer *out, unsigned char c)
 {
     if (c >= 0x20 && c != '"' && c != '\\') {
         out->data[out->len++] = (char)c;
-        return 0;
+        return;
     }
     char short_form = 0;
     switch (c) {
@@ -163,7 +179,6 @@ add_json_byte(Buffer *out, unsigned char c)
         out->data[out->len + 5] = HEX[c & 0xF];
         out->len += 6;
     }
-    return 0;
 }
 
 /* What a COPY escape \c stands for; any other escaped byte stands for itself. */
@@ -211,58 +226,6 @@ add_quoted(Buffer *out, const char *p, Py_ssize_t n)
 }
 
 static int
-add_object(Buffer *out, PyObject *value)
-{
-    if (!PyBytes_Check(value)) {
-        PyErr_SetString(PyExc_TypeError, "encode_rows: an encoder returned something not bytes");
-        return -1;
-    }
-    return buffer_add(out, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
-}
-
-/* The column's Python encoder on the raw text: for what the C cases leave. */
-static int
-add_encoded(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
-{
-    if (col->encoder == Py_None)
-        return buffer_add(out, p, n);
-    PyObject *raw = PyBytes_FromStringAndSize(p, n);
-    if (raw == NULL)
-        return -1;
-    PyObject *value = PyObject_CallOneArg(col->encoder, raw);
-    Py_DECREF(raw);
-    if (value == NULL)
-        return -1;
-    int result = add_object(out, value);
-    Py_DECREF(value);
-    return result;
-}
-
-static int
-add_remembered(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
-{
-    PyObject *raw = PyBytes_FromStringAndSize(p, n);
-    if (raw == NULL)
-        return -1;
-    PyObject *value = PyDict_GetItemWithError(col->memo, raw); /* borrowed */
-    if (value != NULL) {
-        Py_DECREF(raw);
-        return add_object(out, value);
-    }
-    if (PyErr_Occurred()) {
-        Py_DECREF(raw);
-        return -1;
-    }
-    value = PyObject_CallOneArg(col->encoder, raw);
-    Py_DECREF(raw);
-    if (value == NULL)
-        return -1;
-    int result = add_object(out, value);
-    Py_DECREF(value);
-    return result;
-}
-
-static int
 add_timestamp(Buffer *out, const char *p, Py_ssize_t n, int with_zone)
 {
     if (n == 0 || p[0] < '0' || p[0] > '9' || (n >= 3 && memcmp(p + n - 3, " BC", 3) == 0))
@@ -282,46 +245,86 @@ add_timestamp(Buffer *out, const char *p, Py_ssize_t n, int with_zone)
     return 0;
 }
 
+/* A value `needs_python` says C handles; needs no GIL. */
 static int
-add_value(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
+add_native(Buffer *out, const Column *col, const char *p, Py_ssize_t n)
 {
-    if (n == 2 && p[0] == '\\' && p[1] == 'N')
+    if (is_null(p, n))
         return buffer_add(out, "null", 4);
-    if (col->kind != KIND_STRING && col->kind != KIND_PYTHON && memchr(p, '\\', (size_t)n))
-        return add_encoded(out, col, p, n); /* an escape: the kind's Python encoder decides */
     switch (col->kind) {
     case KIND_STRING:
         return add_string(out, (const unsigned char *)p, n);
-    case KIND_PYTHON:
-        return add_remembered(out, col, p, n);
-    case KIND_RAW:
-        return buffer_add(out, p, n);
     case KIND_QUOTED:
         return add_quoted(out, p, n);
     case KIND_BOOLEAN:
-        if (n == 1 && p[0] == 't')
-            return buffer_add(out, "true", 4);
-        if (n == 1 && p[0] == 'f')
-            return buffer_add(out, "false", 5);
-        return add_encoded(out, col, p, n);
+        return p[0] == 't' ? buffer_add(out, "true", 4) : buffer_add(out, "false", 5);
     case KIND_TIMESTAMP:
     case KIND_TIMESTAMPTZ:
         return add_timestamp(out, p, n, col->kind == KIND_TIMESTAMPTZ);
-    default:
-        return add_encoded(out, col, p, n);
+    default: /* KIND_RAW */
+        return buffer_add(out, p, n);
     }
 }
 
+/* A value `needs_python` sends to Python: the JSON bytes, a new reference. */
+static PyObject *
+python_value(const Column *col, const char *p, Py_ssize_t n)
+{
+    PyObject *raw = PyBytes_FromStringAndSize(p, n);
+    if (raw == NULL)
+        return NULL;
+    PyObject *value = NULL;
+    if (col->kind == KIND_PYTHON) {
+        value = PyDict_GetItemWithError(col->memo, raw); /* borrowed */
+        if (value != NULL) {
+            Py_DECREF(raw);
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            Py_DECREF(raw);
+            return NULL;
+        }
+    }
+    if (col->encoder == Py_None) /* integers: the text as it stands */
+        return raw;
+    value = PyObject_CallOneArg(col->encoder, raw);
+    Py_DECREF(raw);
+    if (value != NULL && !PyBytes_Check(value)) {
+        Py_DECREF(value);
+        PyErr_SetString(PyExc_TypeError, "encode_rows: an encoder returned something not bytes");
+        return NULL;
+    }
+    return value;
+}
+
 /* ------------------------------------------------------------------------ */
-/* encode_rows(chunk, parts, kinds, encoders, memos, key_index) -> (keys, rows) */
+/* encode_rows(chunk, parts, kinds, encoders, memos, key_index) -> (keys, rows)
+ *
+ * In four steps, so that the GIL is held only where Python is: split the lines
+ * into fields (no GIL); encode the values that need Python (GIL); lay out every
+ * row and key in two buffers (no GIL); make them bytes objects (GIL). */
 
 typedef struct {
     Py_ssize_t width;
     Column *columns;
-    PyObject **parts; /* width + 1 borrowed bytes */
+    const char **parts; /* width + 1 */
+    Py_ssize_t *part_lens;
     Py_ssize_t keys;
     Py_ssize_t *key_index;
 } Plan;
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Field;
+
+typedef struct {
+    Field *fields;     /* lines * width */
+    PyObject **python; /* lines * width: the values Python encoded, else NULL */
+    Py_ssize_t lines;
+    Buffer rows, keys;
+    Py_ssize_t *row_ends, *key_ends; /* lines each */
+} Work;
 
 static int
 plan_of(Plan *plan, PyObject *parts, PyObject *kinds, PyObject *encoders, PyObject *memos,
@@ -337,17 +340,20 @@ plan_of(Plan *plan, PyObject *parts, PyObject *kinds, PyObject *encoders, PyObje
     plan->columns = PyMem_Calloc((size_t)width, sizeof(Column));
     plan->keys = PyTuple_GET_SIZE(key_index);
     plan->key_index = PyMem_Calloc((size_t)plan->keys + 1, sizeof(Py_ssize_t));
-    plan->parts = PyMem_Calloc((size_t)width + 1, sizeof(PyObject *));
-    if (!plan->columns || !plan->key_index || !plan->parts) {
+    plan->parts = PyMem_Calloc((size_t)width + 1, sizeof(char *));
+    plan->part_lens = PyMem_Calloc((size_t)width + 1, sizeof(Py_ssize_t));
+    if (!plan->columns || !plan->key_index || !plan->parts || !plan->part_lens) {
         PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i <= width; i++) {
-        plan->parts[i] = PyTuple_GET_ITEM(parts, i);
-        if (!PyBytes_Check(plan->parts[i])) {
+        PyObject *part = PyTuple_GET_ITEM(parts, i);
+        if (!PyBytes_Check(part)) {
             PyErr_SetString(PyExc_TypeError, "encode_rows: parts must be bytes");
             return -1;
         }
+        plan->parts[i] = PyBytes_AS_STRING(part);
+        plan->part_lens[i] = PyBytes_GET_SIZE(part);
     }
     const char *codes = PyBytes_AS_STRING(kinds);
     for (Py_ssize_t i = 0; i < width; i++) {
@@ -355,8 +361,9 @@ plan_of(Plan *plan, PyObject *parts, PyObject *kinds, PyObject *encoders, PyObje
         col->kind = codes[i];
         col->encoder = PyTuple_GET_ITEM(encoders, i);
         col->memo = PyTuple_GET_ITEM(memos, i);
-        if (col->kind == KIND_PYTHON && (!PyDict_Check(col->memo) || col->encoder == Py_None)) {
-            PyErr_SetString(PyExc_TypeError, "encode_rows: a Python column needs a memo and an encoder");
+        if (col->kind < KIND_RAW || col->kind > KIND_PYTHON ||
+            (col->kind == KIND_PYTHON && (!PyDict_Check(col->memo) || col->encoder == Py_None))) {
+            PyErr_SetString(PyExc_ValueError, "encode_rows: a column's kind or encoder is wrong");
             return -1;
         }
     }
@@ -379,59 +386,139 @@ plan_free(Plan *plan)
     PyMem_Free(plan->columns);
     PyMem_Free(plan->key_index);
     PyMem_Free(plan->parts);
+    PyMem_Free(plan->part_lens);
 }
 
+/* Step 1, no GIL. 0: done; -1: out of memory; -2: a line without `width` fields. */
 static int
-append_bytes(PyObject *list, const char *p, Py_ssize_t n)
+split_fields(const Plan *plan, const char *chunk, Py_ssize_t len, Work *work)
 {
-    PyObject *item = PyBytes_FromStringAndSize(p, n);
-    if (item == NULL)
+    Py_ssize_t lines = 1;
+    for (const char *p = chunk, *end = chunk + len; (p = memchr(p, '\n', (size_t)(end - p)));
+         p++)
+        lines++;
+    Py_ssize_t width = plan->width;
+    work->lines = lines;
+    work->fields = PyMem_RawMalloc((size_t)(lines * width) * sizeof(Field));
+    work->python = PyMem_RawCalloc((size_t)(lines * width), sizeof(PyObject *));
+    work->row_ends = PyMem_RawMalloc((size_t)lines * sizeof(Py_ssize_t));
+    work->key_ends = PyMem_RawMalloc((size_t)lines * sizeof(Py_ssize_t));
+    if (!work->fields || !work->python || !work->row_ends || !work->key_ends)
         return -1;
-    int result = PyList_Append(list, item);
-    Py_DECREF(item);
-    return result;
+    const char *p = chunk, *end = chunk + len;
+    Field *field = work->fields;
+    for (Py_ssize_t line = 0; line < lines; line++) {
+        const char *newline = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = newline ? newline : end;
+        for (Py_ssize_t i = 0; i < width; i++, field++) {
+            const char *stop = memchr(p, '\t', (size_t)(line_end - p));
+            if (stop == NULL)
+                stop = line_end;
+            if ((stop == line_end) != (i == width - 1))
+                return -2;
+            field->p = p;
+            field->n = stop - p;
+            p = stop + 1;
+        }
+        p = line_end + 1;
+    }
+    return 0;
 }
 
-/* One COPY line [line, end) -> its row in `row` and its key appended to `keys`. */
+/* Step 2, with the GIL. */
 static int
-encode_line(const Plan *plan, const char *line, const char *end, Buffer *row, Buffer *key,
-            Py_ssize_t *starts, Py_ssize_t *ends)
+encode_in_python(const Plan *plan, Work *work)
 {
     Py_ssize_t width = plan->width;
-    row->len = 0;
-    const char *field = line;
-    for (Py_ssize_t i = 0; i < width; i++) {
-        const char *stop = memchr(field, '\t', (size_t)(end - field));
-        if (stop == NULL)
-            stop = end;
-        if ((stop == end) != (i == width - 1)) {
-            PyErr_Format(PyExc_ValueError, "encode_rows: a COPY line without %zd fields", width);
-            return -1;
+    for (Py_ssize_t i = 0; i < work->lines * width; i++) {
+        const Column *col = &plan->columns[i % width];
+        const Field *field = &work->fields[i];
+        if (needs_python(col, field->p, field->n)) {
+            work->python[i] = python_value(col, field->p, field->n);
+            if (work->python[i] == NULL)
+                return -1;
         }
-        PyObject *part = plan->parts[i];
-        if (buffer_add(row, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part)) < 0)
-            return -1;
-        starts[i] = row->len;
-        if (add_value(row, &plan->columns[i], field, stop - field) < 0)
-            return -1;
-        ends[i] = row->len;
-        field = stop + 1;
     }
-    PyObject *last = plan->parts[width];
-    if (buffer_add(row, PyBytes_AS_STRING(last), PyBytes_GET_SIZE(last)) < 0)
+    return 0;
+}
+
+/* Step 3, no GIL. 0: done; -1: out of memory. */
+static int
+lay_out(const Plan *plan, Work *work)
+{
+    Py_ssize_t width = plan->width;
+    Py_ssize_t *starts = PyMem_RawMalloc((size_t)width * 2 * sizeof(Py_ssize_t));
+    if (starts == NULL)
         return -1;
-    if (plan->keys == 0)
-        return 0;
-    key->len = 0;
-    if (buffer_add(key, "[", 1) < 0)
-        return -1;
-    for (Py_ssize_t k = 0; k < plan->keys; k++) {
-        Py_ssize_t i = plan->key_index[k];
-        if ((k && buffer_add(key, ",", 1) < 0) ||
-            buffer_add(key, row->data + starts[i], ends[i] - starts[i]) < 0)
-            return -1;
+    Py_ssize_t *ends = starts + width;
+    Buffer *row = &work->rows, *key = &work->keys;
+    for (Py_ssize_t line = 0; line < work->lines; line++) {
+        Py_ssize_t row_start = row->len;
+        for (Py_ssize_t i = 0; i < width; i++) {
+            const Field *field = &work->fields[line * width + i];
+            PyObject *python = work->python[line * width + i];
+            if (buffer_add(row, plan->parts[i], plan->part_lens[i]) < 0)
+                goto fail;
+            starts[i] = row->len - row_start;
+            if ((python ? buffer_add(row, PyBytes_AS_STRING(python), PyBytes_GET_SIZE(python))
+                        : add_native(row, &plan->columns[i], field->p, field->n)) < 0)
+                goto fail;
+            ends[i] = row->len - row_start;
+        }
+        if (buffer_add(row, plan->parts[width], plan->part_lens[width]) < 0)
+            goto fail;
+        work->row_ends[line] = row->len;
+        if (plan->keys) {
+            if (buffer_add(key, "[", 1) < 0)
+                goto fail;
+            for (Py_ssize_t k = 0; k < plan->keys; k++) {
+                Py_ssize_t i = plan->key_index[k];
+                /* row->data may have moved: offsets, not pointers */
+                if ((k && buffer_add(key, ",", 1) < 0) ||
+                    buffer_add(key, row->data + row_start + starts[i], ends[i] - starts[i]) < 0)
+                    goto fail;
+            }
+            if (buffer_add(key, "]", 1) < 0)
+                goto fail;
+            work->key_ends[line] = key->len;
+        }
     }
-    return buffer_add(key, "]", 1);
+    PyMem_RawFree(starts);
+    return 0;
+fail:
+    PyMem_RawFree(starts);
+    return -1;
+}
+
+/* Step 4, with the GIL: the pieces of `buffer` ending at `ends`, as a list of bytes. */
+static PyObject *
+bytes_list(const Buffer *buffer, const Py_ssize_t *ends, Py_ssize_t count)
+{
+    PyObject *list = PyList_New(count);
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; list && i < count; i++) {
+        PyObject *item = PyBytes_FromStringAndSize(buffer->data + start, ends[i] - start);
+        if (item == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, item);
+        start = ends[i];
+    }
+    return list;
+}
+
+static void
+work_free(Work *work, Py_ssize_t width)
+{
+    if (work->python)
+        for (Py_ssize_t i = 0; i < work->lines * width; i++)
+            Py_XDECREF(work->python[i]);
+    PyMem_RawFree(work->fields);
+    PyMem_RawFree(work->python);
+    PyMem_RawFree(work->row_ends);
+    PyMem_RawFree(work->key_ends);
+    PyMem_RawFree(work->rows.data);
+    PyMem_RawFree(work->keys.data);
 }
 
 static PyObject *
@@ -444,40 +531,37 @@ encode_rows(PyObject *Py_UNUSED(self), PyObject *args)
                           &key_index))
         return NULL;
     Plan plan = {0};
-    Buffer row = {0}, key = {0};
+    Work work = {0};
     PyObject *keys = NULL, *rows = NULL, *result = NULL;
-    Py_ssize_t *starts = NULL, *ends = NULL;
+    int status = 0;
     if (plan_of(&plan, parts, kinds, encoders, memos, key_index) < 0)
         goto done;
-    starts = PyMem_Calloc((size_t)plan.width, sizeof(Py_ssize_t));
-    ends = PyMem_Calloc((size_t)plan.width, sizeof(Py_ssize_t));
-    rows = PyList_New(0);
-    keys = plan.keys ? PyList_New(0) : Py_XNewRef(rows); /* keyless: the row is its key */
-    if (!starts || !ends || !rows || !keys) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    status = split_fields(&plan, chunk.buf, chunk.len, &work);
+    Py_END_ALLOW_THREADS
+    if (status == -2) {
+        PyErr_Format(PyExc_ValueError, "encode_rows: a COPY line without %zd fields", plan.width);
         goto done;
     }
-    const char *p = chunk.buf, *end = p + chunk.len;
-    for (;;) {
-        const char *newline = memchr(p, '\n', (size_t)(end - p));
-        const char *stop = newline ? newline : end;
-        if (encode_line(&plan, p, stop, &row, &key, starts, ends) < 0 ||
-            append_bytes(rows, row.data, row.len) < 0 ||
-            (plan.keys && append_bytes(keys, key.data, key.len) < 0))
-            goto done;
-        if (newline == NULL)
-            break;
-        p = newline + 1;
-    }
-    result = PyTuple_Pack(2, keys, rows);
+    if (status < 0 || encode_in_python(&plan, &work) < 0)
+        goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    status = lay_out(&plan, &work);
+    Py_END_ALLOW_THREADS
+    if (status < 0)
+        goto fail;
+    rows = bytes_list(&work.rows, work.row_ends, work.lines);
+    keys = plan.keys ? bytes_list(&work.keys, work.key_ends, work.lines) : Py_XNewRef(rows);
+    if (rows && keys)
+        result = PyTuple_Pack(2, keys, rows);
+    goto done;
+fail:
+    if (!PyErr_Occurred())
+        PyErr_NoMemory();
 done:
     Py_XDECREF(keys);
     Py_XDECREF(rows);
-    PyMem_Free(starts);
-    PyMem_Free(ends);
-    PyMem_Free(row.data);
-    PyMem_Free(key.data);
+    work_free(&work, plan.width);
     plan_free(&plan);
     PyBuffer_Release(&chunk);
     return result;
