@@ -570,11 +570,24 @@ done:
 /* ------------------------------------------------------------------------ */
 /* differing_rows(old, new, separator) -> [(old_start, old_end, new_start, new_end)] | None */
 
+/* The first occurrence of `sep` in [p, end), or end. Scans for its rarest-looking
+   byte (the first that is neither a space nor a newline) with memchr, which is
+   several times faster than memmem on a short separator such as "\n  },\n". */
 static const char *
 find(const char *p, const char *end, const char *sep, Py_ssize_t n)
 {
-    const char *hit = memmem(p, (size_t)(end - p), sep, (size_t)n);
-    return hit ? hit : end;
+    Py_ssize_t anchor = 0;
+    while (anchor < n - 1 && (sep[anchor] == ' ' || sep[anchor] == '\n'))
+        anchor++;
+    for (const char *q = p + anchor; q < end; q++) {
+        q = memchr(q, sep[anchor], (size_t)(end - q));
+        if (q == NULL)
+            break;
+        const char *start = q - anchor;
+        if (end - start >= n && memcmp(start, sep, (size_t)n) == 0)
+            return start;
+    }
+    return end;
 }
 
 typedef struct {

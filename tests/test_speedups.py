@@ -86,6 +86,38 @@ def test_differing_rows_gives_whole_rows(monkeypatch):
     assert compiled == pure == expected
 
 
+def split_offsets(data, sep):
+    """bytes.split's pieces, as (start, end) offsets."""
+    pieces, start = [], 0
+    for piece in data.split(sep):
+        pieces.append((start, start + len(piece)))
+        start += len(piece) + len(sep)
+    return pieces
+
+
+def test_differing_rows_splits_exactly_as_bytes_split():
+    # Random bytes rich in the separator's own characters: overlapping and
+    # partial separators, at the ends too, split as bytes.split does.
+    rng = random.Random(3)
+    sep = b"\n  },\n"
+    for _ in range(3000):
+        old = bytes(rng.choice(b"\n },a") for _ in range(rng.randrange(0, 60)))
+        new = bytearray(old)
+        for _ in range(rng.randrange(0, 3)):
+            if new:
+                new[rng.randrange(len(new))] = rng.choice(b"\n },b")
+        new = bytes(new)
+        old_pieces, new_pieces = split_offsets(old, sep), split_offsets(new, sep)
+        expected = None
+        if len(old_pieces) == len(new_pieces):
+            expected = [
+                (*o, *n)
+                for o, n in zip(old_pieces, new_pieces, strict=True)
+                if old[o[0] : o[1]] != new[n[0] : n[1]]
+            ]
+        assert speedups.native.differing_rows(old, new, sep) == expected, (old, new)
+
+
 # COPY text as PostgreSQL writes it (escapes included), for every kind the
 # compiled encoder handles itself or hands to Python, with values it must leave
 # to the kind's Python encoder: NULLs, escapes, odd booleans, BC and infinite times.
