@@ -101,7 +101,8 @@ def test_differing_rows_splits_exactly_as_bytes_split():
     rng = random.Random(3)
     sep = b"\n  },\n"
     for _ in range(3000):
-        old = bytes(rng.choice(b"\n },a") for _ in range(rng.randrange(0, 60)))
+        tokens = [sep, sep[:4], sep[3:], sep[1:], b"}", b"\n", b" ", b"a", b"{"]
+        old = b"".join(rng.choice(tokens) for _ in range(rng.randrange(0, 12)))
         new = bytearray(old)
         for _ in range(rng.randrange(0, 3)):
             if new:
