@@ -42,7 +42,7 @@ from backend.diff import (
 )
 from backend.errors import BadInput, RepoError
 from backend.layout import DataFile, Manifest, TableEntry
-from backend.repo import SnapshotRepo
+from backend.repo import SnapshotRepo, StatKey
 from backend.writer import Batch, ExternalSorter, Held, TableWriter, staged_reader
 
 _log = logging.getLogger(__name__)
@@ -205,7 +205,11 @@ class HeadState:
         return held is not None and held.sha256 == data_file.sha256
 
     def read(self, files: list[DataFile]) -> Iterator[bytes]:
-        return self.repo.read_head_files(files, self.blobs)
+        return self.repo.read_head_files(files, self.blobs, self.vouched)
+
+    @functools.cached_property
+    def vouched(self) -> dict[str, StatKey]:
+        return self.repo.vouched_files(self.blobs)
 
     @functools.cached_property
     def following(self) -> dict[str, str | None]:

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import git
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
-from git.index.fun import write_cache
+from git.index.fun import read_cache, write_cache
 from git.index.typ import IndexEntry
 from isal import isal_zlib
 
@@ -223,22 +223,52 @@ class SnapshotRepo:
                 process.kill()
                 process.wait()
 
-    def read_head_files(self, files: list[DataFile], blobs: dict[str, str]) -> Iterator[bytes]:
+    def read_head_files(
+        self, files: list[DataFile], blobs: dict[str, str], vouched: dict[str, StatKey]
+    ) -> Iterator[bytes]:
         """HEAD's data files, from the work tree where they are intact, else from git.
 
         A run starts by putting the work tree back to HEAD, so its files are
         nearly always the snapshot's, and reading them costs far less than
-        inflating the objects; each one is still checked against the manifest's
-        checksum before it is trusted.
+        inflating the objects. A file is trusted as git itself trusts it: when
+        the index vouches for it (`vouched_files`); any other is checked
+        against the manifest's checksum first.
         """
         for data_file in files:
             try:
-                data = (self.path / data_file.path).read_bytes()
+                with (self.path / data_file.path).open("rb") as stream:
+                    key = _stat_key(os.fstat(stream.fileno()))
+                    data = stream.read()
             except OSError:
-                data = b""
-            if hashlib.sha256(data).hexdigest() != data_file.sha256:
+                key, data = None, b""
+            trusted = key is not None and vouched.get(data_file.path) == key
+            if not trusted and hashlib.sha256(data).hexdigest() != data_file.sha256:
                 data = self.read_blob(blobs[data_file.path])
             yield data
+
+    def vouched_files(self, blobs: dict[str, str]) -> dict[str, StatKey]:
+        """Work-tree files the index vouches are HEAD's: path -> their stat data.
+
+        What `git status` relies on: an index entry for HEAD's blob whose stat
+        data the file still has, and which is older than the index itself (a
+        file as new as the index may have changed within the same tick, so git
+        hashes it again, and so does jsonsnap). Recovery has just made the
+        index HEAD's, and jsonsnap dates the files it installs back.
+        """
+        index = self.git_dir / "index"
+        try:
+            with index.open("rb") as stream:
+                index_seconds = os.fstat(stream.fileno()).st_mtime_ns // 10**9
+                entries = read_cache(stream)[1]
+        except (OSError, ValueError, struct.error, AssertionError):
+            return {}  # no index, or one GitPython cannot read: every file is hashed
+        vouched: dict[str, StatKey] = {}
+        for (path, stage), entry in entries.items():
+            seconds, nanos = entry.mtime
+            name = os.fspath(path)
+            if stage == 0 and blobs.get(name) == entry.hexsha and seconds < index_seconds:
+                vouched[name] = (entry.size, seconds, nanos, entry.inode)
+        return vouched
 
     def manifest_at(self, rev: str) -> tuple[Manifest, dict[str, str]] | None:
         """The manifest at `rev` with the tree's blob ids, or None before the first snapshot."""
@@ -529,6 +559,17 @@ def _deflate(level: int) -> Callable[[bytearray], bytes]:
     if level == zlib.Z_BEST_SPEED:
         return functools.partial(isal_zlib.compress, level=1)
     return functools.partial(zlib.compress, level=level)
+
+
+#: The stat data an index entry keeps of its file: size, mtime (seconds,
+#: nanoseconds) and inode, as git truncates them to 32 bits.
+StatKey = tuple[int, int, int, int]
+
+
+def _stat_key(stat: os.stat_result) -> StatKey:
+    u32 = 0xFFFFFFFF
+    seconds, nanos = divmod(stat.st_mtime_ns, 10**9)
+    return (stat.st_size & u32, seconds, nanos, stat.st_ino & u32)
 
 
 def _settle(path: Path) -> None:

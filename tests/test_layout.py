@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import re
 import time
 import zlib
@@ -358,6 +359,30 @@ def test_installed_files_are_dated_before_the_index(sharded):
     for path in git(db.repo, "ls-files").splitlines():
         assert (db.repo / path).stat().st_mtime_ns // 10**9 < index_seconds, path
     assert git(db.repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_head_files_are_trusted_where_the_index_vouches_for_them(sharded):
+    # The summary reads HEAD's copies without checking their checksum only where
+    # git itself would trust them: the stat data the index recorded, older than
+    # the index. Anywhere else the checksum decides, and git's copy wins.
+    db, _ = sharded
+    head = HeadState.of(SnapshotRepo.open(db.repo))
+    shard = next(f for f in head.files.values() if f.path.count("/") == 2)
+    assert set(head.vouched) == set(head.blobs)
+    path, index = db.repo / shard.path, db.repo / ".git" / "index"
+    good, stat = path.read_bytes(), path.stat()
+    forged = good.replace(b"row", b"ROW")  # same size; git would not see it either
+    path.write_bytes(forged)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert list(head.read([shard])) == [forged]
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert list(head.read([shard])) == [good]
+    # As new as the index: racily clean, so not vouched for, whatever its stat data.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.utime(index, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    racy = HeadState.of(SnapshotRepo.open(db.repo))
+    assert shard.path not in racy.vouched
+    assert list(racy.read([shard])) == [good]
 
 
 def test_a_row_replaced_by_another_key_in_the_same_shard_is_added_and_deleted(sharded):
