@@ -230,7 +230,8 @@ def test_encoded_copy_lines_are_the_same(key):
     def quote(name):
         return name
 
-    compiled = postgresql._NativeRows(speedups.native, quote, names, source(key)).chunk(chunk)
+    native = postgresql._NativeRows(speedups.native.encode_rows, quote, names, source(key))
+    compiled = native.chunk(chunk)
     pure = postgresql._RowEncoder(quote, names, source(key)).chunk(chunk)
     assert compiled == pure
     assert len(pure[1]) == len(LINES)
@@ -241,7 +242,7 @@ def test_encoded_copy_lines_are_the_same(key):
 
 def test_a_line_with_the_wrong_number_of_fields_is_an_error():
     names = sorted(KINDS)
-    rows = postgresql._NativeRows(speedups.native, str, names, source(["i"]))
+    rows = postgresql._NativeRows(speedups.native.encode_rows, str, names, source(["i"]))
     with pytest.raises(ValueError, match="COPY line"):
         rows.chunk(LINES[0].encode() + b"\textra")
     with pytest.raises(ValueError, match="COPY line"):
@@ -250,5 +251,5 @@ def test_a_line_with_the_wrong_number_of_fields_is_an_error():
 
 def test_an_empty_line_is_one_empty_string():
     text = RowSource(None, "t", {"s": "text"}, [])
-    rows = postgresql._NativeRows(speedups.native, str, ["s"], text)
+    rows = postgresql._NativeRows(speedups.native.encode_rows, str, ["s"], text)
     assert rows.chunk(b"") == ([b'  {\n    "s": ""\n  }'], [b'  {\n    "s": ""\n  }'])

@@ -335,7 +335,7 @@ def _line_encoder(
     """
     native = speedups.native
     if native is not None:
-        return _NativeRows(native, column, names, source)
+        return _NativeRows(native.encode_rows, column, names, source)
     return _ServerRows.plan(column, names, source) or _RowEncoder(column, names, source)
 
 
@@ -363,24 +363,24 @@ class _NativeRows:
 
     def __init__(
         self,
-        native: Any,
+        encode_rows: Callable[..., Batch],
         quote: Callable[[str], str],
         names: list[str],
         source: RowSource,
     ) -> None:
         kinds = [source.columns[name] for name in names]
-        remembered = [
+        in_python = [
             None if kind in _NATIVE_KINDS else _ColumnEncoder(_client_encoder(kind))
             for kind in kinds
         ]
-        self.encode_rows = native.encode_rows
+        self.encode_rows = encode_rows
         self.select = [quote(name) for name in names]
-        pairs = list(zip(remembered, kinds, strict=True))
+        pairs = list(zip(in_python, kinds, strict=True))
         self.plan = (
             tuple(codec.field_parts(names)),
             bytes(_NATIVE_KINDS.get(kind, _NATIVE_PYTHON) for kind in kinds),
-            tuple(memo or _copy_encoder(kind) for memo, kind in pairs),
-            tuple(memo.memo if memo else None for memo in remembered),
+            tuple(column or _copy_encoder(kind) for column, kind in pairs),
+            tuple(column.memo if column else None for column in in_python),
             tuple(names.index(key) for key in source.primary_key),
         )
 
