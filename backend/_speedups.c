@@ -570,24 +570,71 @@ done:
 /* ------------------------------------------------------------------------ */
 /* differing_rows(old, new, separator) -> [(old_start, old_end, new_start, new_end)] | None */
 
-/* The first occurrence of `sep` in [p, end), or end. Scans for its rarest-looking
-   byte (the first that is neither a space nor a newline) with memchr, which is
-   several times faster than memmem on a short separator such as "\n  },\n". */
-static const char *
-find(const char *p, const char *end, const char *sep, Py_ssize_t n)
+/* A separator, with the byte its searches look for: the first that is neither
+   a space nor a newline ('}' in "\n  },\n"), which memchr finds several times
+   faster than memmem finds the whole. */
+typedef struct {
+    const char *bytes;
+    Py_ssize_t len;
+    Py_ssize_t anchor;
+} Separator;
+
+static Separator
+separator_of(const char *bytes, Py_ssize_t len)
 {
     Py_ssize_t anchor = 0;
-    while (anchor < n - 1 && (sep[anchor] == ' ' || sep[anchor] == '\n'))
+    while (anchor < len - 1 && (bytes[anchor] == ' ' || bytes[anchor] == '\n'))
         anchor++;
-    for (const char *q = p + anchor; q < end; q++) {
-        q = memchr(q, sep[anchor], (size_t)(end - q));
+    return (Separator){bytes, len, anchor};
+}
+
+static int
+starts_with(const char *p, const char *end, const Separator *sep)
+{
+    return end - p >= sep->len && memcmp(p, sep->bytes, (size_t)sep->len) == 0;
+}
+
+/* The first occurrence of the separator in [p, end), or end. */
+static const char *
+find(const char *p, const char *end, const Separator *sep)
+{
+    for (const char *q = p + sep->anchor; q < end; q++) {
+        q = memchr(q, sep->bytes[sep->anchor], (size_t)(end - q));
         if (q == NULL)
             break;
-        const char *start = q - anchor;
-        if (end - start >= n && memcmp(start, sep, (size_t)n) == 0)
-            return start;
+        if (starts_with(q - sep->anchor, end, sep))
+            return q - sep->anchor;
     }
     return end;
+}
+
+/* The last occurrence lying wholly in [p, end), or NULL. */
+static const char *
+find_last(const char *p, const char *end, const Separator *sep)
+{
+    const char *q = end - sep->len + sep->anchor + 1; /* one past the last anchor possible */
+    while (q > p + sep->anchor) {
+        q = memrchr(p + sep->anchor, sep->bytes[sep->anchor], (size_t)(q - (p + sep->anchor)));
+        if (q == NULL)
+            return NULL;
+        if (starts_with(q - sep->anchor, end, sep))
+            return q - sep->anchor;
+    }
+    return NULL;
+}
+
+/* How many bytes a and b share from their start. */
+static Py_ssize_t
+common_prefix(const char *a, const char *b, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i + 4096 <= n && memcmp(a + i, b + i, 4096) == 0)
+        i += 4096;
+    while (i + 64 <= n && memcmp(a + i, b + i, 64) == 0)
+        i += 64;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
 }
 
 typedef struct {
@@ -596,37 +643,69 @@ typedef struct {
     Py_ssize_t cap;
 } Pieces;
 
-/* 0: done; 1: not as many pieces on both sides; -1: out of memory. Needs no GIL. */
+static int
+add_piece(Pieces *pieces, Py_ssize_t o_start, Py_ssize_t o_end, Py_ssize_t n_start,
+          Py_ssize_t n_end)
+{
+    if (pieces->count == pieces->cap) {
+        Py_ssize_t cap = pieces->cap ? 2 * pieces->cap : 64;
+        Py_ssize_t *grown = PyMem_RawRealloc(pieces->offsets, 4 * (size_t)cap * sizeof(Py_ssize_t));
+        if (grown == NULL)
+            return -1;
+        pieces->offsets = grown;
+        pieces->cap = cap;
+    }
+    Py_ssize_t *at = pieces->offsets + 4 * pieces->count++;
+    at[0] = o_start;
+    at[1] = o_end;
+    at[2] = n_start;
+    at[3] = n_end;
+    return 0;
+}
+
+/* 0: done; 1: not as many pieces on both sides; -1: out of memory. Needs no GIL.
+ *
+ * Splits both sides as bytes.split does, but skips the runs the two share with
+ * one memcmp: o and n always stand at the start of a piece, on both sides at
+ * once. Within a shared run, the occurrences that lie wholly inside it are the
+ * same pieces' ends on both sides, so the piece holding the first difference
+ * starts after the last of them; from there, one piece is compared as split
+ * makes it. A separator overlapping that last occurrence (impossible in a data
+ * file) could make split choose otherwise: then each piece is split in turn. */
 static int
 find_differing(const char *old, Py_ssize_t old_len, const char *new, Py_ssize_t new_len,
-               const char *sep, Py_ssize_t sep_len, Pieces *pieces)
+               const Separator *sep, Pieces *pieces)
 {
     const char *o = old, *o_end = old + old_len;
     const char *n = new, *n_end = new + new_len;
+    int skip = 1;
     for (;;) {
-        const char *o_stop = find(o, o_end, sep, sep_len);
-        const char *n_stop = find(n, n_end, sep, sep_len);
+        if (skip) {
+            Py_ssize_t shared = common_prefix(o, n, Py_MIN(o_end - o, n_end - n));
+            if (o + shared == o_end && n + shared == n_end)
+                return 0;
+            const char *last = find_last(o, o + shared, sep);
+            if (last != NULL) {
+                for (const char *q = last - sep->len + 1; q < last; q++)
+                    if (q >= o && starts_with(q, last + sep->len, sep))
+                        skip = 0;
+                if (skip) {
+                    n += last + sep->len - o;
+                    o = last + sep->len;
+                }
+            }
+        }
+        const char *o_stop = find(o, o_end, sep);
+        const char *n_stop = find(n, n_end, sep);
         if ((o_stop == o_end) != (n_stop == n_end))
             return 1;
-        if (o_stop - o != n_stop - n || memcmp(o, n, (size_t)(o_stop - o)) != 0) {
-            if (pieces->count == pieces->cap) {
-                Py_ssize_t cap = pieces->cap ? 2 * pieces->cap : 64;
-                Py_ssize_t *grown = PyMem_RawRealloc(pieces->offsets, 4 * (size_t)cap * sizeof(Py_ssize_t));
-                if (grown == NULL)
-                    return -1;
-                pieces->offsets = grown;
-                pieces->cap = cap;
-            }
-            Py_ssize_t *at = pieces->offsets + 4 * pieces->count++;
-            at[0] = o - old;
-            at[1] = o_stop - old;
-            at[2] = n - new;
-            at[3] = n_stop - new;
-        }
+        if ((o_stop - o != n_stop - n || memcmp(o, n, (size_t)(o_stop - o)) != 0) &&
+            add_piece(pieces, o - old, o_stop - old, n - new, n_stop - new) < 0)
+            return -1;
         if (o_stop == o_end)
             return 0;
-        o = o_stop + sep_len;
-        n = n_stop + sep_len;
+        o = o_stop + sep->len;
+        n = n_stop + sep->len;
     }
 }
 
@@ -645,7 +724,8 @@ differing_rows(PyObject *Py_UNUSED(self), PyObject *args)
     }
     /* Shards run to hundreds of kilobytes: the other threads go on meanwhile. */
     Py_BEGIN_ALLOW_THREADS
-    status = find_differing(old.buf, old.len, new.buf, new.len, sep.buf, sep.len, &pieces);
+    Separator separator = separator_of(sep.buf, sep.len);
+    status = find_differing(old.buf, old.len, new.buf, new.len, &separator, &pieces);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_NoMemory();
