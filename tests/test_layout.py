@@ -481,6 +481,9 @@ def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded):
     assert git(db.repo, "log", "-1", "--format=%s") == f"snapshot {STAMPS[1]}: t +1 ~2\n"
     assert git(db.repo, "status", "--porcelain", "--untracked-files=all") == ""
     assert git(db.repo, "diff-files", "--name-only") == ""
+    for path in git(db.repo, "ls-files").splitlines():  # each blob is its file's bytes
+        blob = git(db.repo, "rev-parse", f"HEAD:{path}").strip()
+        assert git(db.repo, "hash-object", "--no-filters", path).strip() == blob
 
 
 def test_a_failure_after_head_files_were_released_restores_them(sharded):
