@@ -608,18 +608,14 @@ find(const char *p, const char *end, const Separator *sep)
     return end;
 }
 
-/* The last occurrence lying wholly in [p, end), or NULL. */
+/* The last occurrence lying wholly in [p, end), or NULL. A plain backward
+   loop (memrchr is not standard C): the start of a row is near. */
 static const char *
 find_last(const char *p, const char *end, const Separator *sep)
 {
-    const char *q = end - sep->len + sep->anchor + 1; /* one past the last anchor possible */
-    while (q > p + sep->anchor) {
-        q = memrchr(p + sep->anchor, sep->bytes[sep->anchor], (size_t)(q - (p + sep->anchor)));
-        if (q == NULL)
-            return NULL;
-        if (starts_with(q - sep->anchor, end, sep))
-            return q - sep->anchor;
-    }
+    for (Py_ssize_t i = (end - p) - sep->len; i >= 0; i--)
+        if (p[i + sep->anchor] == sep->bytes[sep->anchor] && starts_with(p + i, end, sep))
+            return p + i;
     return NULL;
 }
 
