@@ -1,17 +1,18 @@
 /*
  * jsonsnap's optional compiled fast paths (module backend._speedups).
  *
- * Each function here does, in one pass of C, what a pure-Python function of
- * the package does value by value; backend/speedups.py says which, and the
- * tests check that both give the same bytes. The package works without this
- * module: it only changes how fast an export runs.
+ * Each function here does, in one pass of C, what the package also does in
+ * pure Python, value by value; the callers keep that way for installs without
+ * a compiler (backend/speedups.py), and the tests check that both give the
+ * same bytes. This module only changes how fast an export runs.
  *
- * - cut_positions: layout.cut_positions, the shard cut test run on every key.
- * - encode_rows: PostgreSQL COPY text lines -> each row's key and pretty JSON,
- *   as the dialect's _RowEncoder makes them, so the server only runs a plain
- *   COPY (as pg_dump does) instead of printing JSON itself.
- * - differing_rows: the rows at which two versions of a shard differ, for the
- *   commit summary, without splitting either into one object per row.
+ * - cut_positions: for layout.cut_positions, the shard cut test run on every key.
+ * - encode_rows: for the PostgreSQL dialect's _NativeRows: COPY text lines ->
+ *   each row's key and pretty JSON, as its _RowEncoder makes them, so the
+ *   server only runs a plain COPY (as pg_dump does) instead of printing JSON.
+ * - differing_rows: for layout.differing_rows, the rows at which two versions
+ *   of a shard differ, for the commit summary, without splitting either into
+ *   one object per row.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
