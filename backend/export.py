@@ -260,9 +260,12 @@ class _Beside:
     def __init__(self, repo: SnapshotRepo) -> None:
         self.head = HeadState.of(repo)
         self.store = repo.blob_store(self.head.commit)
-        # One worker: a table's comparison runs after those of its files.
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary")
-        self.counted: dict[str, Future[TableChange]] = {}
+        # One worker for files and tables alike: a table's comparison runs
+        # after the work on its files, and on two cores a second worker only
+        # adds switching between threads (measured: about 0.1 s of a 1% edit).
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside")
+        self.files: list[Future[TableChange | None]] = []
+        self.counted: dict[str, Future[TableChange | None]] = {}
         self.changes: dict[str, Future[TableChange]] = {}
         self.released = False
 
@@ -270,16 +273,23 @@ class _Beside:
         self, entry: TableEntry, data_file: DataFile, local: Path, following: str | None
     ) -> None:
         # Files HEAD holds never come here (read_database's `held`).
-        self.store.submit(data_file.path, local)
         old = self.head.files.get(data_file.path)
         # Shards are named by their first key: one that starts and ends where
         # its namesake did holds the same keys, so the two compare alone.
         if old is not None and counts_by_file(entry) and self.head.following[old.path] == following:
-            self.counted[data_file.path] = self.pool.submit(
-                self._count_file, old, local, entry.primary_key
-            )
+            future = self.pool.submit(self._file, data_file, local, old, entry.primary_key)
+            self.counted[data_file.path] = future
+        else:
+            future = self.pool.submit(self._file, data_file, local, None, [])
+        self.files.append(future)
 
-    def _count_file(self, old: DataFile, local: Path, key: list[str]) -> TableChange:
+    def _file(
+        self, data_file: DataFile, local: Path, old: DataFile | None, key: list[str]
+    ) -> TableChange | None:
+        """Stores the file's object; with its namesake at HEAD, counts the rows that changed."""
+        self.store.write(data_file.path, local)
+        if old is None:
+            return None
         (old_data,) = self.head.read([old])
         change = compare_namesakes(old_data, local.read_bytes(), key)
         # A counted file is never read again: its table's comparison skips it.
@@ -294,13 +304,18 @@ class _Beside:
     def _compare(
         self, old: TableEntry | None, new: TableEntry, staged: dict[str, Path]
     ) -> TableChange:
-        counted = {
-            f.path: self.counted[f.path].result() for f in new.files if f.path in self.counted
-        }
+        counted = {}
+        for f in new.files:
+            if f.path in self.counted:
+                change = self.counted[f.path].result()
+                assert change is not None  # a counted file's work returns its count
+                counted[f.path] = change
         return compare_tables(old, new, self.head.read, staged_reader(staged), counted)
 
     def results(self) -> Prepared:
-        """Waits for the workers."""
+        """Waits for the worker."""
+        for future in self.files:
+            future.result()  # a file's failure surfaces here
         changes = {name: future.result() for name, future in self.changes.items()}
         return Prepared(self.head, self.store.stored(), changes)
 

@@ -26,7 +26,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,8 +46,6 @@ REMOTE = "origin"
 _OWNED = (MANIFEST, TABLES_DIR)
 #: How far back _settle dates the files it installs: past any racy-git window.
 _SETTLED_NS = 5 * 10**9
-#: Threads compressing objects beside the export: one keeps pace on two cores.
-_BLOB_WORKERS = 1
 
 
 def init_repo(path: str | os.PathLike[str]) -> SnapshotRepo:
@@ -474,14 +471,15 @@ class SnapshotRepo:
 
 
 class BlobStore:
-    """Writes finished data files into the object store on worker threads.
+    """Writes finished data files into the object store, one call per file.
 
-    Compressing the objects is most of the cost of a commit; done here while the
-    export goes on reading, it overlaps with the database and the row encoding
-    (the compressors and hashlib release the GIL). A loose object is git's documented
-    format: zlib("blob <size>\\0" + content), named by the SHA-1 of those bytes.
-    Each goes through a temporary file in the staging folder and a rename, as
-    git writes them: a killed run leaves no partial object, at worst whole ones
+    Compressing the objects is most of the cost of a commit; called on a
+    worker thread while the export goes on reading (see export's _Beside), it
+    overlaps with the database and the row encoding (the compressors and
+    hashlib release the GIL). A loose object is git's documented format:
+    zlib("blob <size>\\0" + content), named by the SHA-1 of those bytes. Each
+    goes through a temporary file in the staging folder and a rename, as git
+    writes them: a killed run leaves no partial object, at worst whole ones
     nothing refers to, which `git gc` prunes. A repository with another object
     format gets its objects from `git hash-object` at commit time instead.
     """
@@ -494,29 +492,13 @@ class BlobStore:
         self.enabled = reader.get_value("extensions", "objectformat", "sha1") == "sha1"
         level = reader.get_value("core", "compression", zlib.Z_BEST_SPEED)
         self.deflate = _deflate(int(reader.get_value("core", "loosecompression", level)))
-        self.pool = ThreadPoolExecutor(max_workers=_BLOB_WORKERS, thread_name_prefix="blobs")
-        self.pending: dict[str, Future[str]] = {}
+        self.blobs: dict[str, str] = {}
         self.created: list[Path] = []
 
-    def submit(self, path: str, local: Path) -> None:
-        if self.enabled:
-            self.pending[path] = self.pool.submit(self._write, local)
-
-    def stored(self) -> dict[str, str]:
-        """Waits for every submitted file: repo path -> blob id."""
-        return {path: future.result() for path, future in self.pending.items()}
-
-    def close(self, *, failed: bool = False) -> None:
-        """Stops the workers; after a run that failed before its commit, also
-        removes the objects it wrote, so the repository is exactly as it was."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        if failed and self.repo.head() == self.head:
-            for target in self.created:
-                target.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    target.parent.rmdir()  # only if this run made the fan-out folder
-
-    def _write(self, local: Path) -> str:
+    def write(self, path: str, local: Path) -> None:
+        """Stores `local` as the blob for repo path `path` (a no-op where not enabled)."""
+        if not self.enabled:
+            return
         obj = _read_as_blob(local)
         blob_id = hashlib.sha1(obj, usedforsecurity=False).hexdigest()
         target = self.objects / blob_id[:2] / blob_id[2:]
@@ -528,7 +510,20 @@ class BlobStore:
             temporary.chmod(0o444)
             os.replace(temporary, target)
             self.created.append(target)
-        return blob_id
+        self.blobs[path] = blob_id
+
+    def stored(self) -> dict[str, str]:
+        """Repo path -> blob id of every file written so far."""
+        return dict(self.blobs)
+
+    def close(self, *, failed: bool = False) -> None:
+        """After a run that failed before its commit, removes the objects it
+        wrote, so the repository is exactly as it was."""
+        if failed and self.repo.head() == self.head:
+            for target in self.created:
+                target.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    target.parent.rmdir()  # only if this run made the fan-out folder
 
 
 def _read_as_blob(local: Path) -> bytearray:
