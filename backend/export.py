@@ -250,7 +250,7 @@ OnTable = Callable[[TableEntry, dict[str, Path]], None]
 
 
 class _Beside:
-    """Work on the finished files and tables, on worker threads while the read goes on.
+    """Work on the finished files and tables, on a worker thread while the read goes on.
 
     Each changed file is written into git's object store (see BlobStore), and
     each table is compared with HEAD for the commit's summary: after the
