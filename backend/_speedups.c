@@ -47,15 +47,18 @@ crc32_of(const unsigned char *p, Py_ssize_t n)
 static PyObject *
 cut_positions(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    PyObject *keys;
-    unsigned long long multiplier, limit;
-    if (!PyArg_ParseTuple(args, "O!KK", &PyList_Type, &keys, &multiplier, &limit))
+    PyObject *keys, *multiplier_obj, *limit_obj;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &keys, &PyLong_Type, &multiplier_obj,
+                          &PyLong_Type, &limit_obj))
+        return NULL;
+    unsigned long long multiplier = PyLong_AsUnsignedLongLong(multiplier_obj);
+    unsigned long long limit = PyLong_AsUnsignedLongLong(limit_obj);
+    if (PyErr_Occurred()) /* negative, or wider than 64 bits */
         return NULL;
     PyObject *cuts = PyList_New(0);
     if (cuts == NULL)
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(keys);
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
         if (!PyBytes_Check(key)) {
             PyErr_SetString(PyExc_TypeError, "cut_positions: keys must be bytes");
@@ -139,13 +142,58 @@ is_null(const char *p, Py_ssize_t n)
     return n == 2 && p[0] == '\\' && p[1] == 'N';
 }
 
+/* Whether [p, p + n) is UTF-8 as Python's strict decoder accepts it. */
+static int
+is_utf8(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        uint64_t word;
+        if (n - i >= 8 && (memcpy(&word, p + i, 8), (word & 0x8080808080808080u) == 0)) {
+            i += 8; /* eight ASCII bytes */
+            continue;
+        }
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        Py_ssize_t len;
+        unsigned char low = 0x80, high = 0xBF; /* the second byte's range */
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            low = c == 0xE0 ? 0xA0 : low;   /* no overlong form */
+            high = c == 0xED ? 0x9F : high; /* no surrogate */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            low = c == 0xF0 ? 0x90 : low;   /* no overlong form */
+            high = c == 0xF4 ? 0x8F : high; /* nothing past U+10FFFF */
+        } else {
+            return 0;
+        }
+        if (n - i < len || p[i + 1] < low || p[i + 1] > high)
+            return 0;
+        for (Py_ssize_t k = 2; k < len; k++)
+            if ((p[i + k] & 0xC0) != 0x80)
+                return 0;
+        i += len;
+    }
+    return 1;
+}
+
 /* Whether a value goes to Python: every value of a Python column, and the
-   texts the C cases below do not expect (an escape, a boolean neither t nor f). */
+   texts the C cases below do not expect (a string that is not UTF-8, an
+   escape where none belongs, a boolean neither t nor f). Python then gives
+   exactly what the pure-Python path gives, an error included. */
 static int
 needs_python(const Column *col, const char *p, Py_ssize_t n)
 {
-    if (is_null(p, n) || col->kind == KIND_STRING)
+    if (is_null(p, n))
         return 0;
+    if (col->kind == KIND_STRING)
+        return !is_utf8((const unsigned char *)p, n);
     if (col->kind == KIND_PYTHON || memchr(p, '\\', (size_t)n) != NULL)
         return 1;
     return col->kind == KIND_BOOLEAN && !(n == 1 && (p[0] == 't' || p[0] == 'f'));
@@ -279,6 +327,10 @@ python_value(const Column *col, const char *p, Py_ssize_t n)
         value = PyDict_GetItemWithError(col->memo, raw); /* borrowed */
         if (value != NULL) {
             Py_DECREF(raw);
+            if (!PyBytes_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "encode_rows: a memo holds something not bytes");
+                return NULL;
+            }
             return Py_NewRef(value);
         }
         if (PyErr_Occurred()) {
@@ -406,22 +458,21 @@ split_fields(const Plan *plan, const char *chunk, Py_ssize_t len, Work *work)
     work->key_ends = PyMem_RawMalloc((size_t)lines * sizeof(Py_ssize_t));
     if (!work->fields || !work->python || !work->row_ends || !work->key_ends)
         return -1;
-    const char *p = chunk, *end = chunk + len;
     Field *field = work->fields;
+    Py_ssize_t pos = 0; /* offsets, not pointers: a line's end may be the chunk's */
     for (Py_ssize_t line = 0; line < lines; line++) {
-        const char *newline = memchr(p, '\n', (size_t)(end - p));
-        const char *line_end = newline ? newline : end;
+        const char *newline = memchr(chunk + pos, '\n', (size_t)(len - pos));
+        Py_ssize_t line_end = newline ? newline - chunk : len;
         for (Py_ssize_t i = 0; i < width; i++, field++) {
-            const char *stop = memchr(p, '\t', (size_t)(line_end - p));
-            if (stop == NULL)
-                stop = line_end;
+            const char *tab = memchr(chunk + pos, '\t', (size_t)(line_end - pos));
+            Py_ssize_t stop = tab ? tab - chunk : line_end;
             if ((stop == line_end) != (i == width - 1))
                 return -2;
-            field->p = p;
-            field->n = stop - p;
-            p = stop + 1;
+            field->p = chunk + pos;
+            field->n = stop - pos;
+            pos = stop + 1;
         }
-        p = line_end + 1;
+        pos = line_end + 1;
     }
     return 0;
 }
@@ -525,9 +576,9 @@ work_free(Work *work, Py_ssize_t width)
 static PyObject *
 encode_rows(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    Py_buffer chunk;
-    PyObject *parts, *kinds, *encoders, *memos, *key_index;
-    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!", &chunk, &PyTuple_Type, &parts, &PyBytes_Type,
+    PyObject *chunk, *parts, *kinds, *encoders, *memos, *key_index;
+    /* bytes, not any buffer: it must not change while the GIL is released */
+    if (!PyArg_ParseTuple(args, "SO!O!O!O!O!", &chunk, &PyTuple_Type, &parts, &PyBytes_Type,
                           &kinds, &PyTuple_Type, &encoders, &PyTuple_Type, &memos, &PyTuple_Type,
                           &key_index))
         return NULL;
@@ -538,7 +589,7 @@ encode_rows(PyObject *Py_UNUSED(self), PyObject *args)
     if (plan_of(&plan, parts, kinds, encoders, memos, key_index) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    status = split_fields(&plan, chunk.buf, chunk.len, &work);
+    status = split_fields(&plan, PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), &work);
     Py_END_ALLOW_THREADS
     if (status == -2) {
         PyErr_Format(PyExc_ValueError, "encode_rows: a COPY line without %zd fields", plan.width);
@@ -552,7 +603,8 @@ encode_rows(PyObject *Py_UNUSED(self), PyObject *args)
     if (status < 0)
         goto fail;
     rows = bytes_list(&work.rows, work.row_ends, work.lines);
-    keys = plan.keys ? bytes_list(&work.keys, work.key_ends, work.lines) : Py_XNewRef(rows);
+    if (rows != NULL)
+        keys = plan.keys ? bytes_list(&work.keys, work.key_ends, work.lines) : Py_NewRef(rows);
     if (rows && keys)
         result = PyTuple_Pack(2, keys, rows);
     goto done;
@@ -564,7 +616,6 @@ done:
     Py_XDECREF(rows);
     work_free(&work, plan.width);
     plan_free(&plan);
-    PyBuffer_Release(&chunk);
     return result;
 }
 
@@ -599,6 +650,8 @@ starts_with(const char *p, const char *end, const Separator *sep)
 static const char *
 find(const char *p, const char *end, const Separator *sep)
 {
+    if (end - p < sep->len)
+        return end;
     for (const char *q = p + sep->anchor; q < end; q++) {
         q = memchr(q, sep->bytes[sep->anchor], (size_t)(end - q));
         if (q == NULL)
@@ -683,8 +736,8 @@ find_differing(const char *old, Py_ssize_t old_len, const char *new, Py_ssize_t 
                 return 0;
             const char *last = find_last(o, o + shared, sep);
             if (last != NULL) {
-                for (const char *q = last - sep->len + 1; q < last; q++)
-                    if (q >= o && starts_with(q, last + sep->len, sep))
+                for (Py_ssize_t i = Py_MAX(0, (last - o) - sep->len + 1); i < last - o; i++)
+                    if (starts_with(o + i, last + sep->len, sep))
                         skip = 0;
                 if (skip) {
                     n += last + sep->len - o;
@@ -709,20 +762,23 @@ find_differing(const char *old, Py_ssize_t old_len, const char *new, Py_ssize_t 
 static PyObject *
 differing_rows(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    Py_buffer old, new, sep;
-    if (!PyArg_ParseTuple(args, "y*y*y*", &old, &new, &sep))
+    PyObject *old, *new, *sep;
+    /* bytes, not any buffer: they must not change while the GIL is released */
+    if (!PyArg_ParseTuple(args, "SSS", &old, &new, &sep))
         return NULL;
     PyObject *result = NULL;
     Pieces pieces = {0};
     int status = 0;
-    if (sep.len == 0) {
+    if (PyBytes_GET_SIZE(sep) == 0) {
         PyErr_SetString(PyExc_ValueError, "differing_rows: empty separator");
         goto done;
     }
+    Separator separator = separator_of(PyBytes_AS_STRING(sep), PyBytes_GET_SIZE(sep));
+    const char *old_bytes = PyBytes_AS_STRING(old), *new_bytes = PyBytes_AS_STRING(new);
+    Py_ssize_t old_len = PyBytes_GET_SIZE(old), new_len = PyBytes_GET_SIZE(new);
     /* Shards run to hundreds of kilobytes: the other threads go on meanwhile. */
     Py_BEGIN_ALLOW_THREADS
-    Separator separator = separator_of(sep.buf, sep.len);
-    status = find_differing(old.buf, old.len, new.buf, new.len, &separator, &pieces);
+    status = find_differing(old_bytes, old_len, new_bytes, new_len, &separator, &pieces);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_NoMemory();
@@ -743,9 +799,6 @@ differing_rows(PyObject *Py_UNUSED(self), PyObject *args)
     }
 done:
     PyMem_RawFree(pieces.offsets);
-    PyBuffer_Release(&old);
-    PyBuffer_Release(&new);
-    PyBuffer_Release(&sep);
     return result;
 }
 

@@ -228,10 +228,13 @@ def differing_rows(old: bytes, new: bytes) -> list[tuple[bytes, bytes]] | None:
     pieces = native.differing_rows(old, new, _BETWEEN_ROWS)
     if pieces is None:
         return None
-    return [
+    pairs = [
         (_whole_row(old, o_start, o_end), _whole_row(new, n_start, n_end))
         for o_start, o_end, n_start, n_end in pieces
     ]
+    # Pieces that differed only in the brackets trimmed off the first and last
+    # rows (never in a file jsonsnap writes) are the same rows.
+    return [(o, n) for o, n in pairs if o != n]
 
 
 def _whole_row(data: bytes, start: int, end: int) -> bytes:
