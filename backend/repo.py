@@ -252,20 +252,27 @@ class SnapshotRepo:
         hashes it again, and so does jsonsnap). Recovery has just made the
         index HEAD's, and jsonsnap dates the files it installs back.
         """
-        index = self.git_dir / "index"
+        index = self._read_index()
+        if index is None:
+            return {}  # every file is hashed
+        index_seconds, entries = index
+        vouched: dict[str, StatKey] = {}
+        for path, entry in entries.items():
+            if blobs.get(path) == entry.hexsha and entry.mtime[0] < index_seconds:
+                vouched[path] = _entry_key(entry)
+        return vouched
+
+    def _read_index(self) -> tuple[int, dict[str, IndexEntry]] | None:
+        """The index's time (whole seconds) and its stage-0 entries by path, if it can be read."""
         try:
-            with index.open("rb") as stream:
+            with (self.git_dir / "index").open("rb") as stream:
                 index_seconds = os.fstat(stream.fileno()).st_mtime_ns // 10**9
                 entries = read_cache(stream)[1]
         except (OSError, ValueError, struct.error, AssertionError):
-            return {}  # no index, or one GitPython cannot read: every file is hashed
-        vouched: dict[str, StatKey] = {}
-        for (path, stage), entry in entries.items():
-            seconds, nanos = entry.mtime
-            name = os.fspath(path)
-            if stage == 0 and blobs.get(name) == entry.hexsha and seconds < index_seconds:
-                vouched[name] = (entry.size, seconds, nanos, entry.inode)
-        return vouched
+            return None  # no index, or one GitPython cannot read
+        return index_seconds, {
+            os.fspath(path): entry for (path, stage), entry in entries.items() if stage == 0
+        }
 
     def manifest_at(self, rev: str) -> tuple[Manifest, dict[str, str]] | None:
         """The manifest at `rev` with the tree's blob ids, or None before the first snapshot."""
@@ -448,7 +455,17 @@ class SnapshotRepo:
                 if parent == self.path or any(parent.iterdir()):
                     break
                 parent.rmdir()
-        entries = [_index_entry(self.path / path, path, new[path]) for path in sorted(new)]
+        # A file this commit did not change keeps the entry recovery wrote for
+        # it: stat data taken now would vouch for whatever the file holds now,
+        # and a file changed during the run must still show as changed.
+        index = self._read_index()
+        current = index[1] if index else {}
+        entries = []
+        for path in sorted(new):
+            entry = current.get(path)
+            if old.get(path) != new[path] or entry is None or entry.hexsha != new[path]:
+                entry = _index_entry(self.path / path, path, new[path])
+            entries.append(entry)
         # Written aside and renamed over: never through index.lock, which a
         # kill at the wrong moment would leave behind to block every later run.
         with self._index_file.open("wb") as stream:
@@ -556,15 +573,35 @@ def _deflate(level: int) -> Callable[[bytearray], bytes]:
     return functools.partial(zlib.compress, level=level)
 
 
-#: The stat data an index entry keeps of its file: size, mtime (seconds,
-#: nanoseconds) and inode, as git truncates them to 32 bits.
-StatKey = tuple[int, int, int, int]
+#: The stat data an index entry keeps of its file and git compares: size,
+#: mtime and ctime (seconds, nanoseconds), inode, device, owner and group, as
+#: git truncates them to 32 bits.
+StatKey = tuple[int, ...]
+_U32 = 0xFFFFFFFF
 
 
 def _stat_key(stat: os.stat_result) -> StatKey:
-    u32 = 0xFFFFFFFF
-    seconds, nanos = divmod(stat.st_mtime_ns, 10**9)
-    return (stat.st_size & u32, seconds, nanos, stat.st_ino & u32)
+    return (
+        stat.st_size & _U32,
+        *divmod(stat.st_mtime_ns, 10**9),
+        *divmod(stat.st_ctime_ns, 10**9),
+        stat.st_ino & _U32,
+        stat.st_dev & _U32,
+        stat.st_uid & _U32,
+        stat.st_gid & _U32,
+    )
+
+
+def _entry_key(entry: IndexEntry) -> StatKey:
+    return (
+        entry.size & _U32,
+        *entry.mtime,
+        *entry.ctime,
+        entry.inode & _U32,
+        entry.dev & _U32,
+        entry.uid & _U32,
+        entry.gid & _U32,
+    )
 
 
 def _settle(path: Path) -> None:

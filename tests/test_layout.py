@@ -7,6 +7,8 @@ import zlib
 
 import pytest
 from conftest import engine_for, execute, git, loose_object, run, work_tree
+from git.index.fun import read_cache, write_cache
+from git.index.typ import IndexEntry
 
 from backend import codec, layout, writer
 from backend.export import HeadState, Selection, export_snapshot, read_database
@@ -361,28 +363,79 @@ def test_installed_files_are_dated_before_the_index(sharded):
     assert git(db.repo, "status", "--porcelain", "--untracked-files=all") == ""
 
 
-def test_head_files_are_trusted_where_the_index_vouches_for_them(sharded):
-    # The summary reads HEAD's copies without checking their checksum only where
-    # git itself would trust them: the stat data the index recorded, older than
+def test_head_files_are_trusted_where_the_index_vouches_for_them(sharded, monkeypatch):
+    # The summary reads HEAD's copies without their checksum only where git
+    # itself would trust them: the stat data the index recorded, older than
     # the index. Anywhere else the checksum decides, and git's copy wins.
     db, _ = sharded
     head = HeadState.of(SnapshotRepo.open(db.repo))
     shard = next(f for f in head.files.values() if f.path.count("/") == 2)
     assert set(head.vouched) == set(head.blobs)
+    hashed = []
+    sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda data=b"": hashed.append(data) or sha256(data))
     path, index = db.repo / shard.path, db.repo / ".git" / "index"
     good, stat = path.read_bytes(), path.stat()
-    forged = good.replace(b"row", b"ROW")  # same size; git would not see it either
-    path.write_bytes(forged)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert list(head.read([shard])) == [forged]
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert list(head.read([shard])) == [good]
-    # As new as the index: racily clean, so not vouched for, whatever its stat data.
+    assert hashed == []
+    # Other bytes of the same size and mtime: the change time gives them away.
+    path.write_bytes(good.replace(b"row", b"ROW"))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert list(head.read([shard])) == [good]
+    assert len(hashed) == 1
+    # An entry for another blob vouches for nothing, whatever its stat data.
+    path.write_bytes(good)
+    with index.open("rb") as stream:
+        entries = read_cache(stream)[1]
+    key = (shard.path, 0)
+    fields = list(entries[key])
+    fields[1] = bytes(20)  # the blob id
+    entries[key] = IndexEntry(tuple(fields))
+    with index.open("wb") as stream:
+        write_cache(list(entries.values()), stream)
+    assert shard.path not in HeadState.of(SnapshotRepo.open(db.repo)).vouched
+    # An entry as new as the index is racily clean: not vouched for at all.
     os.utime(index, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     racy = HeadState.of(SnapshotRepo.open(db.repo))
     assert shard.path not in racy.vouched
-    assert list(racy.read([shard])) == [good]
+    assert set(racy.vouched) < set(head.vouched)
+
+
+def test_a_file_edited_during_a_run_is_not_recorded_as_clean(sqlite_url, repo_path):
+    # The index written after a commit keeps, for the files the commit did not
+    # change, the stat data recovery recorded: an edit made meanwhile shows in
+    # git status, the next run puts HEAD's bytes back, and its summary is exact.
+    execute(
+        sqlite_url,
+        "CREATE TABLE a (id int PRIMARY KEY, v text)",
+        "CREATE TABLE b (id int PRIMARY KEY, v text)",
+        *(f"INSERT INTO {t} VALUES ({i}, 'row {i}')" for t in "ab" for i in range(1, 6)),
+    )
+    engine = engine_for(sqlite_url)
+    export_snapshot(engine, repo_path, timestamp=STAMPS[0])
+    b_file = repo_path / "tables" / "b.json"
+    edited = []
+
+    def edit_b(table, done, total):
+        if not edited:
+            edited.append(table)
+            with b_file.open("r+b") as stream:  # same inode, same size
+                data = stream.read()
+                stream.seek(0)
+                stream.write(data.replace(b"row 1", b"ROW 1"))
+            time.sleep(1.1)  # older than the index the commit writes: not racily clean
+
+    execute(sqlite_url, "UPDATE a SET v = 'changed' WHERE id = 1")
+    export_snapshot(engine, repo_path, timestamp=STAMPS[1], progress=edit_b)
+    assert git(repo_path, "status", "--porcelain") == " M tables/b.json\n"
+    execute(sqlite_url, "UPDATE b SET v = 'changed' WHERE id = 3")
+    result = export_snapshot(engine, repo_path, timestamp=STAMPS[2])
+    engine.dispose()
+    assert git(repo_path, "log", "-1", "--format=%s") == f"snapshot {STAMPS[2]}: b ~1\n"
+    assert git(repo_path, "status", "--porcelain") == ""
+    blob = git(repo_path, "rev-parse", "HEAD:tables/b.json").strip()
+    assert git(repo_path, "hash-object", "--no-filters", "tables/b.json").strip() == blob
+    assert result.commit is not None
 
 
 def test_a_row_replaced_by_another_key_in_the_same_shard_is_added_and_deleted(sharded):
