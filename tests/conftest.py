@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from backend import speedups
 from backend.cli import main
+from backend.dialects import postgresql
 
 PG_SERVER = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -96,11 +97,24 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     compiled paths would go untested."""
     if request.param == "pure":
         monkeypatch.setattr(speedups, "native", None)
-    elif speedups.native is None:
+        return "pure"
+    require_compiled()
+    # Compiled, no PostgreSQL table may take a pure-Python encoder.
+    monkeypatch.setattr(postgresql._ServerRows, "plan", _refused)
+    monkeypatch.setattr(postgresql._RowEncoder, "__init__", _refused)
+    return "compiled"
+
+
+def _refused(*args: object) -> None:
+    pytest.fail("a pure-Python COPY encoder was used although the C extension is built")
+
+
+def require_compiled() -> None:
+    """Skips a test of the C extension where it was not built; fails under CI=true."""
+    if speedups.native is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the C extension backend._speedups was not built")
         pytest.skip("the C extension backend._speedups was not built")
-    return str(request.param)
 
 
 @pytest.fixture

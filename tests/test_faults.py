@@ -8,6 +8,7 @@ pg_terminate_backend and table locks, and SIGKILL; nothing is mocked.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from backend.db import make_engine
 from backend.dialects import for_engine
 from backend.errors import DatabaseFailure
 from backend.export import export_snapshot
-from backend.repo import SnapshotRepo
+from backend.repo import BlobStore, SnapshotRepo
 
 JSONSNAP = str(Path(sys.executable).with_name("jsonsnap"))
 T1 = "2026-01-01T00:00:00Z"
@@ -254,6 +255,31 @@ def test_exception_raised_from_progress_callback_leaves_repo_exactly_as_it_was(d
 
     with pytest.raises(RuntimeError, match=r"^boom$"):
         export(db_url, repo_path, T2, progress=boom)
+    assert repo_state(repo_path) == before
+    assert_clean(repo_path)
+
+
+def test_a_full_disk_while_storing_objects_leaves_repo_exactly_as_it_was(
+    db_url, repo_path, monkeypatch
+):
+    # Objects are written beside the read; a failure there fails the export
+    # before its commit, and the objects already written are removed.
+    fill(db_url, "a", 10)
+    fill(db_url, "b", 2500)
+    export(db_url, repo_path, T1)
+    before = repo_state(repo_path)
+    execute(db_url, "DELETE FROM a WHERE id = 1", "UPDATE b SET v = 'changed' WHERE id = 2500")
+    fill(db_url, "c", 5)  # a new table: nothing waits on its file but the commit
+    write = BlobStore.write
+
+    def full_disk(store: BlobStore, path: str, local: Path) -> None:
+        if path.startswith("tables/c"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(store, path, local)
+
+    monkeypatch.setattr(BlobStore, "write", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        export(db_url, repo_path, T2)
     assert repo_state(repo_path) == before
     assert_clean(repo_path)
 
