@@ -142,58 +142,15 @@ is_null(const char *p, Py_ssize_t n)
     return n == 2 && p[0] == '\\' && p[1] == 'N';
 }
 
-/* Whether [p, p + n) is UTF-8 as Python's strict decoder accepts it. */
-static int
-is_utf8(const unsigned char *p, Py_ssize_t n)
-{
-    Py_ssize_t i = 0;
-    while (i < n) {
-        uint64_t word;
-        if (n - i >= 8 && (memcpy(&word, p + i, 8), (word & 0x8080808080808080u) == 0)) {
-            i += 8; /* eight ASCII bytes */
-            continue;
-        }
-        unsigned char c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        Py_ssize_t len;
-        unsigned char low = 0x80, high = 0xBF; /* the second byte's range */
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            low = c == 0xE0 ? 0xA0 : low;   /* no overlong form */
-            high = c == 0xED ? 0x9F : high; /* no surrogate */
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            low = c == 0xF0 ? 0x90 : low;   /* no overlong form */
-            high = c == 0xF4 ? 0x8F : high; /* nothing past U+10FFFF */
-        } else {
-            return 0;
-        }
-        if (n - i < len || p[i + 1] < low || p[i + 1] > high)
-            return 0;
-        for (Py_ssize_t k = 2; k < len; k++)
-            if ((p[i + k] & 0xC0) != 0x80)
-                return 0;
-        i += len;
-    }
-    return 1;
-}
-
 /* Whether a value goes to Python: every value of a Python column, and the
-   texts the C cases below do not expect (a string that is not UTF-8, an
-   escape where none belongs, a boolean neither t nor f). Python then gives
-   exactly what the pure-Python path gives, an error included. */
+   texts the C cases below do not expect (an escape where none belongs, a
+   boolean neither t nor f). Strings are UTF-8, as the export's client encoding
+   is (see the dialect's _in_utf8): PostgreSQL converts and checks them. */
 static int
 needs_python(const Column *col, const char *p, Py_ssize_t n)
 {
-    if (is_null(p, n))
+    if (is_null(p, n) || col->kind == KIND_STRING)
         return 0;
-    if (col->kind == KIND_STRING)
-        return !is_utf8((const unsigned char *)p, n);
     if (col->kind == KIND_PYTHON || memchr(p, '\\', (size_t)n) != NULL)
         return 1;
     return col->kind == KIND_BOOLEAN && !(n == 1 && (p[0] == 't' || p[0] == 'f'));

@@ -11,6 +11,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,15 +72,23 @@ def pg_server() -> str:
 @pytest.fixture
 def pg_url(pg_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped after the test."""
+    with pg_database(pg_server) as url:
+        yield url
+
+
+@contextmanager
+def pg_database(pg_server: str, options: str = "") -> Iterator[str]:
+    """A PostgreSQL database of its own, made with CREATE DATABASE `options`."""
     name = f"jsonsnap_test_{uuid.uuid4().hex[:12]}"
     admin = _admin_engine()
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(pg_server).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" {options}')
+    try:
+        yield sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

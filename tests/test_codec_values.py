@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import execute, git, run
+from conftest import execute, git, pg_database, run
 from sqlalchemy.orm import Session
 
 from backend import codec, layout
@@ -662,3 +662,40 @@ def test_postgres_repeating_client_encoded_values_match_the_slow_path(
     fast, slow = table_bytes(repo_path, "t"), table_bytes(repo_path, "t_slow")
     assert without_zz(slow) == fast
     assert fast.count(b'"f": null') == 600
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "WIN1252"])
+def test_postgres_database_in_another_encoding_is_written_as_utf8(
+    pg_server, repo_path, read_path, encoding
+):
+    # The export reads in UTF-8 whatever the database's encoding: the server
+    # converts, and every path writes the same UTF-8 JSON.
+    options = f"ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    with pg_database(pg_server, options) as url:
+        execute(
+            url,
+            "CREATE TABLE t (k text PRIMARY KEY, v varchar(20), n int)",
+            "INSERT INTO t VALUES ('café', E'tab\\there é', 1), ('a\"b', 'plain', 2)",
+        )
+        copy_with_array_column(url, "t")
+        export(url, repo_path)
+    rows = table_file(repo_path, "t")
+    assert [(r["k"], r["v"]) for r in rows] == [('a"b', "plain"), ("café", "tab\there é")]
+    assert without_zz(table_bytes(repo_path, "t_slow")) == table_bytes(repo_path, "t")
+
+
+def test_postgres_sql_ascii_text_that_is_not_utf8_is_a_clear_error(pg_server, repo_path, read_path):
+    # A SQL_ASCII database stores any bytes; read in UTF-8, the server itself
+    # refuses the ones that are not: one line, exit 1, and no snapshot.
+    options = "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    with pg_database(pg_server, options) as url:
+        execute(
+            url,
+            "CREATE TABLE t (k int PRIMARY KEY, v text)",
+            "INSERT INTO t VALUES (1, 'ok'), (2, E'caf\\xe9')",
+        )
+        result = run("export", "--db", url, "--repo", str(repo_path), "--timestamp", STAMP)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and 'invalid byte sequence for encoding "UTF8"' in lines[0]
+    assert not (repo_path / "tables").exists()

@@ -277,9 +277,9 @@ def outcome(encode, chunk):
 
 
 def test_random_copy_text_is_encoded_the_same():
-    # Any text in any column of a kind whose Python encoder takes any text:
-    # escapes, lone backslashes, quotes, control bytes, \N inside a value, and
-    # bytes that are not UTF-8 (a SQL_ASCII database sends them as they are).
+    # Any UTF-8 text (what the export's COPY sends, see _in_utf8) in any column
+    # of a kind whose Python encoder takes any text: escapes, lone backslashes,
+    # quotes, control bytes, \N inside a value, odd booleans and timestamps.
     rng = random.Random(11)
     tokens = [
         "a", "é", "😀", "\\\\", "\\n", "\\t", "\\r", "\\b", "\\f", "\\v", "\\x", "\\N",
@@ -287,13 +287,11 @@ def test_random_copy_text_is_encoded_the_same():
         "+00", "\\",
     ]  # fmt: skip
     raw_tokens = [t.encode() for t in tokens]
-    raw_tokens += [b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf"]
     kinds = {
         "b": "boolean", "d": "date", "i": "integer", "n": "decimal", "s": "string",
         "ts": "datetime", "tz": "datetime_tz", "u": "uuid", "x": "text",
     }  # fmt: skip
     names = sorted(kinds)
-    errors = 0
     for key in (["s"], ["i", "x"], []):
         table = RowSource(None, "t", kinds, key)
         native = postgresql._NativeRows(speedups.native.encode_rows, str, names, table)
@@ -307,10 +305,7 @@ def test_random_copy_text_is_encoded_the_same():
                 for _ in range(rng.randrange(1, 4))
             ]
             chunk = b"\n".join(lines)
-            expected = outcome(pure.chunk, chunk)
-            assert outcome(native.chunk, chunk) == expected, chunk
-            errors += isinstance(expected, type)
-    assert 0 < errors < 1800  # both paths met text Python cannot decode, and most could
+            assert outcome(native.chunk, chunk) == outcome(pure.chunk, chunk), chunk
 
 
 def test_a_memo_may_hold_only_bytes():

@@ -137,10 +137,12 @@ class PostgresDialect(Dialect):
 
     @contextmanager
     def write_transaction(self, engine: Engine) -> Iterator[Connection]:
-        with engine.connect() as conn, conn.begin():
-            for setting in ("TIME ZONE 'UTC'", "DateStyle = 'ISO, YMD'"):
-                conn.exec_driver_sql(f"SET LOCAL {setting}")
-            yield conn
+        with engine.connect() as conn:
+            _in_utf8(conn)
+            with conn.begin():
+                for setting in _WRITE_SETTINGS:
+                    conn.exec_driver_sql(f"SET LOCAL {setting}")
+                yield conn
 
     def inline_foreign_keys(self) -> bool:
         # Tables are loaded with every foreign key dropped; new ones are added
@@ -251,10 +253,15 @@ _READ_SETTINGS = (
 )
 
 
+# What restore's COPY FROM text is read as: the snapshot's zone and date order.
+_WRITE_SETTINGS = ("TIME ZONE 'UTC'", "DateStyle = 'ISO, YMD'")
+
+
 @contextmanager
 def _snapshot_reader(engine: Engine, snapshot: str | None = None) -> Iterator[Connection]:
     """A REPEATABLE READ, READ ONLY transaction; with `snapshot`, seeing exactly that one."""
     with engine.connect() as conn:
+        _in_utf8(conn)
         conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with conn.begin():
             if snapshot:  # must come first in the transaction
@@ -262,6 +269,19 @@ def _snapshot_reader(engine: Engine, snapshot: str | None = None) -> Iterator[Co
             for setting in _READ_SETTINGS:
                 conn.exec_driver_sql(f"SET LOCAL {setting}")
             yield conn
+
+
+def _in_utf8(conn: Connection) -> None:
+    """COPY text in UTF-8, whatever the database's encoding: snapshots are UTF-8 JSON.
+
+    PostgreSQL then converts every text it sends and checks it, even from a
+    SQL_ASCII database, so the encoders only ever see UTF-8. Set through
+    psycopg2, which decodes everything else by it, and before the transaction
+    begins, since changing it aborts one.
+    """
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if dbapi_connection.encoding != "UTF8":
+        dbapi_connection.set_client_encoding("UTF8")
 
 
 def _copy(conn: Connection, sql: str, stream: Any, size: int = 8192) -> None:
