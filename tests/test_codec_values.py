@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import execute, git, pg_database, run
+from conftest import engine_for, execute, git, pg_database, run
 from sqlalchemy.orm import Session
 
 from backend import codec, layout
@@ -699,3 +699,23 @@ def test_postgres_sql_ascii_text_that_is_not_utf8_is_a_clear_error(pg_server, re
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and 'invalid byte sequence for encoding "UTF8"' in lines[0]
     assert not (repo_path / "tables").exists()
+
+
+def test_postgres_database_in_another_encoding_is_restored_exactly(pg_server, repo_path):
+    options = "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    with pg_database(pg_server, options) as url:
+        execute(
+            url,
+            "CREATE TABLE t (k text PRIMARY KEY, v varchar(20))",
+            "INSERT INTO t VALUES ('café', E'tab\\there é'), ('a\"b', 'ÿ')",
+        )
+        export(url, repo_path)
+        execute(url, "UPDATE t SET v = 'changed'", "INSERT INTO t VALUES ('new', 'à')")
+        restore = ["restore", "--db", url, "--repo", str(repo_path), "--date", "2026-11-28"]
+        result = run(*restore, "--yes")
+        assert result.exit_code == 0, result.output
+        engine = engine_for(url)
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT k, v FROM t ORDER BY k").all()
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [('a"b', "ÿ"), ("café", "tab\there é")]
