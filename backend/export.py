@@ -277,13 +277,13 @@ class _Beside:
         # Shards are named by their first key: one that starts and ends where
         # its namesake did holds the same keys, so the two compare alone.
         if old is not None and counts_by_file(entry) and self.head.following[old.path] == following:
-            future = self.pool.submit(self._file, data_file, local, old, entry.primary_key)
+            future = self.pool.submit(self._finish_file, data_file, local, old, entry.primary_key)
             self.counted[data_file.path] = future
         else:
-            future = self.pool.submit(self._file, data_file, local, None, [])
+            future = self.pool.submit(self._finish_file, data_file, local, None, [])
         self.files.append(future)
 
-    def _file(
+    def _finish_file(
         self, data_file: DataFile, local: Path, old: DataFile | None, key: list[str]
     ) -> TableChange | None:
         """Stores the file's object; with its namesake at HEAD, counts the rows that changed."""
