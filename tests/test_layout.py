@@ -517,10 +517,14 @@ def split_by_a_new_cut(ids):
     raise AssertionError("the fixture's keys offer no such cut")
 
 
-def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded):
+@pytest.mark.parametrize("memory", ["in-memory", "spilled"])
+def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded, monkeypatch, memory):
     # The split shard keeps its name but no longer ends where it did: it must be
     # merged with its new neighbour, not compared alone. The shard changed far
-    # from it is compared alone, beside the read.
+    # from it is compared alone, beside the read: written over HEAD's copy in
+    # place when its bytes are in memory, else staged while HEAD's is deleted.
+    if memory == "spilled":
+        monkeypatch.setattr(writer, "_MEMORY_BYTES", 64)
     db, ids = sharded
     path, keys, cut = split_by_a_new_cut(ids)
     far = next(k for p, ks in expected_shards(ids) if p != path for k in ks)
@@ -539,9 +543,10 @@ def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded):
         assert git(db.repo, "hash-object", "--no-filters", path).strip() == blob
 
 
-def test_a_failure_after_head_files_were_released_restores_them(sharded):
-    # A changed shard's previous version leaves the work tree as soon as it is
-    # compared; the run then fails, and the work tree is exactly as it was.
+def test_a_failure_after_head_files_were_written_over_restores_them(sharded):
+    # A changed shard is written over its previous version in the work tree as
+    # soon as that is compared; the run then fails, and the work tree is
+    # exactly as it was.
     db, ids = sharded
     execute(
         db.url,
@@ -550,18 +555,18 @@ def test_a_failure_after_head_files_were_released_restores_them(sharded):
         f"UPDATE t SET v = 'changed' WHERE id = {ids[30]}",
     )
     before, head_before = work_tree(db.repo), git(db.repo, "rev-parse", "HEAD")
-    released = db.repo / shard_of(ids, ids[30])
+    path = shard_of(ids, ids[30])
 
     def progress(table, done, total):
         if table == "u":  # tables shown with progress are read in turn: t first
             for _ in range(200):
-                if not released.exists():
-                    raise RuntimeError("stopped after the release")
+                if (db.repo / path).read_bytes() != before[path]:
+                    raise RuntimeError("stopped after the write")
                 time.sleep(0.05)
-            raise AssertionError("the changed shard's old version was never released")
+            raise AssertionError("the changed shard's old version was never written over")
 
     engine = engine_for(db.url)
-    with pytest.raises(RuntimeError, match="stopped after the release"):
+    with pytest.raises(RuntimeError, match="stopped after the write"):
         export_snapshot(engine, db.repo, timestamp=STAMPS[1], progress=progress)
     engine.dispose()
     assert git(db.repo, "rev-parse", "HEAD") == head_before
