@@ -242,10 +242,9 @@ class Prepared:
     changes: dict[str, TableChange] = field(default_factory=dict)
 
 
-#: Told of each data file as soon as it is complete: its table, then as the
-#: writer's OnFile (where to stage it, its bytes if in memory, the path of the
-#: table's next file); returns where the file is, or will be once written.
-OnFile = Callable[[TableEntry, DataFile, Path, bytes | None, str | None], Path]
+#: Told of each data file as soon as it is complete: its table, itself, where it
+#: was staged, and the path of the table's next file (None for the last).
+OnFile = Callable[[TableEntry, DataFile, Path, str | None], None]
 #: Told of each table as soon as its files are complete, with where they were staged.
 OnTable = Callable[[TableEntry, dict[str, Path]], None]
 
@@ -265,73 +264,38 @@ class _Beside:
         # after the work on its files, and on two cores a second worker only
         # adds switching between threads (measured: about 0.1 s of a 1% edit).
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside")
-        self.budget = _Budget(_HANDED_BYTES)
         self.files: list[Future[TableChange | None]] = []
         self.counted: dict[str, Future[TableChange | None]] = {}
         self.changes: dict[str, Future[TableChange]] = {}
-        self.touched = False  # HEAD's files in the work tree were changed or deleted
+        self.released = False
 
     def on_file(
-        self,
-        entry: TableEntry,
-        data_file: DataFile,
-        local: Path,
-        content: bytes | None,
-        following: str | None,
-    ) -> Path:
+        self, entry: TableEntry, data_file: DataFile, local: Path, following: str | None
+    ) -> None:
         # Files HEAD holds never come here (read_database's `held`).
         old = self.head.files.get(data_file.path)
         # Shards are named by their first key: one that starts and ends where
         # its namesake did holds the same keys, so the two compare alone.
-        if not (counts_by_file(entry) and old and self.head.following[old.path] == following):
-            old = None
-        # A namesake's bytes go over HEAD's copy in place, once it is read.
-        where = self.head.repo.path / data_file.path if old and content is not None else local
-        if content is not None:
-            self.budget.take(len(content))  # bounds the bytes waiting for the worker
-        future = self.pool.submit(
-            self._finish_file, data_file, where, content, old, entry.primary_key
-        )
-        if content is not None:
-            size = len(content)
-            future.add_done_callback(lambda _: self.budget.give(size))
-        if old is not None:
+        if old is not None and counts_by_file(entry) and self.head.following[old.path] == following:
+            future = self.pool.submit(self._finish_file, data_file, local, old, entry.primary_key)
             self.counted[data_file.path] = future
+        else:
+            future = self.pool.submit(self._finish_file, data_file, local, None, [])
         self.files.append(future)
-        return where
 
     def _finish_file(
-        self,
-        data_file: DataFile,
-        where: Path,
-        content: bytes | None,
-        old: DataFile | None,
-        key: list[str],
+        self, data_file: DataFile, local: Path, old: DataFile | None, key: list[str]
     ) -> TableChange | None:
-        """Writes the file where it goes, stores its object, and with a namesake
-        at HEAD counts the rows that changed."""
-        old_data = None
-        if old is not None:
-            (old_data,) = self.head.read([old])  # before anything writes over it
-        if content is None:
-            content = where.read_bytes() if old is not None else None
-            self.store.write(data_file.path, where)
-        else:
-            if old is not None:
-                self.touched = True
-                _write_over(where, content)
-            else:
-                where.write_bytes(content)
-            self.store.write_content(data_file.path, content)
-        if old is None or old_data is None or content is None:
+        """Stores the file's object; with its namesake at HEAD, counts the rows that changed."""
+        self.store.write(data_file.path, local)
+        if old is None:
             return None
-        if where != self.head.repo.path / old.path:
-            # Spilled to the staging folder: HEAD's copy is freed now, during the
-            # read, not in the checkout (see HeadState.release).
-            self.touched = True
-            self.head.release(old)
+        (old_data,) = self.head.read([old])
+        change = compare_namesakes(old_data, local.read_bytes(), key)
         # A counted file is never read again: its table's comparison skips it.
-        return compare_namesakes(old_data, content, key)
+        self.released = True
+        self.head.release(old)
+        return change
 
     def on_table(self, entry: TableEntry, staged: dict[str, Path]) -> None:
         old = self.head.tables.get(entry.name)
@@ -362,61 +326,14 @@ class _Beside:
         failed = exc_type is not None
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:
-            if failed and self.touched:
-                self.head.repo.reset_work_tree()  # HEAD's files, back as they were
+            if failed and self.released:
+                self.head.repo.reset_work_tree()  # HEAD's released files, back in place
         except RepoError as error:
             # The run's own failure is the one to report; the next run's
             # recovery checks HEAD out again.
             _log.warning("could not check HEAD's files out again: %s", error)
         finally:
             self.store.close(failed=failed)
-
-
-#: How many bytes of finished files may wait for the worker: a bound on memory
-#: (a few shards) that a worker keeping pace never reaches.
-_HANDED_BYTES = 16 * 1024 * 1024
-
-
-class _Budget:
-    """Bytes handed to the worker, bounded: the reader waits when it runs ahead.
-
-    Every take is given back when its task ends, cancelled or failed too, so
-    the reader can always go on. A take larger than the whole budget passes
-    when nothing else is out.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.free = limit
-        self.changed = threading.Condition()
-
-    def take(self, size: int) -> None:
-        with self.changed:
-            while self.free < size and self.free < self.limit:
-                self.changed.wait()
-            self.free -= size
-
-    def give(self, size: int) -> None:
-        with self.changed:
-            self.free += size
-            self.changed.notify_all()
-
-
-def _write_over(path: Path, content: bytes) -> None:
-    """Writes `content` over the file at `path`, in place.
-
-    The old bytes' cached pages and disk blocks are reused instead of freed
-    and found anew: for a shard of 1 MB, about a third of the CPU and a sixth
-    of the time of a new file that replaces it. The work tree then differs
-    from HEAD until the commit; a failed run checks HEAD out again, and after
-    a kill the next run's recovery does.
-    """
-    try:
-        with path.open("r+b") as stream:
-            stream.write(content)
-            stream.truncate()
-    except FileNotFoundError:
-        path.write_bytes(content)
 
 
 def _check_reachable(engine: Engine) -> None:

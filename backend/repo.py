@@ -514,15 +514,9 @@ class BlobStore:
 
     def write(self, path: str, local: Path) -> None:
         """Stores `local` as the blob for repo path `path` (a no-op where not enabled)."""
-        if self.enabled:
-            self._store(path, _read_as_blob(local))
-
-    def write_content(self, path: str, content: bytes) -> None:
-        """Stores `content` as the blob for repo path `path` (a no-op where not enabled)."""
-        if self.enabled:
-            self._store(path, b"blob %d\0%b" % (len(content), content))
-
-    def _store(self, path: str, obj: bytes | bytearray) -> None:
+        if not self.enabled:
+            return
+        obj = _read_as_blob(local)
         blob_id = hashlib.sha1(obj, usedforsecurity=False).hexdigest()
         target = self.objects / blob_id[:2] / blob_id[2:]
         if not target.exists():
@@ -563,7 +557,7 @@ def _read_as_blob(local: Path) -> bytearray:
     return obj
 
 
-def _deflate(level: int) -> Callable[[bytes | bytearray], bytes]:
+def _deflate(level: int) -> Callable[[bytearray], bytes]:
     """The compressor of loose objects at git's zlib `level`.
 
     Git's default for loose objects is level 1, the fastest. There, ISA-L's

@@ -21,11 +21,9 @@ from backend.layout import DataFile
 #: the rows' bytes in the file, index for index. A key-less table's key is the row.
 Batch = tuple[list[bytes], list[bytes]]
 
-#: Told of each data file as soon as it is complete: where to stage it, its bytes
-#: if they are all in memory, and the path of the file that follows it in the
-#: table (None for the last). Given the bytes, it writes them itself and returns
-#: where; without them, the file is already at the staging path.
-OnFile = Callable[[DataFile, Path, bytes | None, str | None], Path]
+#: Told of each data file as soon as it is complete: where it was staged, and the
+#: path of the file that follows it in the table (None for the last).
+OnFile = Callable[[DataFile, Path, str | None], None]
 #: Whether a complete data file is one the repository already holds, byte for byte.
 Held = Callable[[DataFile], bool]
 
@@ -86,14 +84,6 @@ class _StagedFile:
         """Puts the closed file on disk, at `local`."""
         handle = self.handle or self._spill()
         handle.close()
-
-    def take(self) -> bytes | None:
-        """The closed file's bytes, if it never left memory; else it is saved, and None."""
-        if self.handle is not None:
-            self.handle.close()
-            return None
-        content, self.chunks = b"".join(self.chunks), []
-        return content
 
     def discard(self) -> None:
         self.chunks = []
@@ -163,13 +153,10 @@ class TableWriter:
         if self.held and self.held(data_file):
             staged_file.discard()
             return
-        if self.on_file is None:
-            staged_file.save()
-            self.staged[data_file.path] = staged_file.local
-            return
-        content = staged_file.take()
-        where = self.on_file(data_file, staged_file.local, content, following)
-        self.staged[data_file.path] = where
+        staged_file.save()
+        self.staged[data_file.path] = staged_file.local
+        if self.on_file:
+            self.on_file(data_file, staged_file.local, following)
 
     def finish(self, staged: dict[str, Path]) -> tuple[list[DataFile], bool]:
         """Close the files and record the staged ones in `staged` (repo path -> local file)."""

@@ -270,14 +270,14 @@ def test_a_full_disk_while_storing_objects_leaves_repo_exactly_as_it_was(
     before = repo_state(repo_path)
     execute(db_url, "DELETE FROM a WHERE id = 1", "UPDATE b SET v = 'changed' WHERE id = 2500")
     fill(db_url, "c", 5)  # a new table: nothing waits on its file but the commit
-    store = BlobStore._store
+    write = BlobStore.write
 
-    def full_disk(blobs: BlobStore, path: str, obj: bytes) -> None:
+    def full_disk(store: BlobStore, path: str, local: Path) -> None:
         if path.startswith("tables/c"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        store(blobs, path, obj)
+        write(store, path, local)
 
-    monkeypatch.setattr(BlobStore, "_store", full_disk)
+    monkeypatch.setattr(BlobStore, "write", full_disk)
     with pytest.raises(OSError, match="No space left on device"):
         export(db_url, repo_path, T2)
     assert repo_state(repo_path) == before
@@ -296,16 +296,15 @@ def test_backend_terminated_mid_export_via_cli_exits_1_with_one_line(pg_url, rep
     try:
         with locker.connect() as holder:
             # Table b is locked, so the export reads a, then blocks on b: it is caught
-            # mid-export, with a's new file already written over HEAD's copy in the
-            # work tree, and its backend is terminated.
+            # mid-export, with a's file already staged, and its backend is terminated.
             holder.exec_driver_sql("LOCK TABLE b IN ACCESS EXCLUSIVE MODE")
             proc = start(
                 procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
             )
             pid = wait_for(lambda: blocked_backend(admin), "the export to block on table b", proc)
-            a_file, a_before = repo_path / "tables" / "a.json", before["files"]["tables/a.json"]
+            staging = repo_path / ".git" / "jsonsnap-staging"
             # a is read beside b, so it may still be finishing.
-            wait_for(lambda: a_file.read_bytes() != a_before, "a to be written", proc)
+            wait_for(lambda: os.listdir(staging) == ["tables%a.json"], "a to be staged", proc)
             with admin.connect() as conn:
                 assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar() is True
             holder.rollback()
@@ -457,12 +456,12 @@ def test_export_killed_with_sigkill_mid_export_is_recovered_by_the_next_run(
     assert orjson.loads(files["tables/zz.json"]) == [{"id": 1}, {"id": 2}]
 
 
-def test_export_killed_after_writing_over_head_files_is_recovered_by_the_next_run(
+def test_export_killed_after_releasing_head_files_is_recovered_by_the_next_run(
     pg_url, repo_path, procs
 ):
-    # An edited shard is written over its previous version in the work tree
-    # while the read goes on; a run killed then leaves the new bytes there, and
-    # the next run puts HEAD back before it exports.
+    # An edited shard's previous version leaves the work tree while the read
+    # goes on; a run killed then leaves it missing, and the next run puts HEAD
+    # back before it exports.
     execute(
         pg_url,
         "CREATE TABLE big (id integer PRIMARY KEY, v integer)",
@@ -477,11 +476,7 @@ def test_export_killed_after_writing_over_head_files_is_recovered_by_the_next_ru
     edited = repo_path / shards[0]["file"]
 
     kill_export_while_zz_is_locked(
-        pg_url,
-        repo_path,
-        procs,
-        lambda: edited.read_bytes() != before[shards[0]["file"]],
-        "the old copy written over",
+        pg_url, repo_path, procs, lambda: not edited.exists(), "the old copy released"
     )
 
     assert git(repo_path, "rev-parse", "HEAD").strip() == old_head
