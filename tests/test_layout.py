@@ -517,10 +517,14 @@ def split_by_a_new_cut(ids):
     raise AssertionError("the fixture's keys offer no such cut")
 
 
-def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded):
+@pytest.mark.parametrize("memory", ["in-memory", "spilled"])
+def test_summary_is_exact_when_a_new_cut_splits_a_changed_shard(sharded, monkeypatch, memory):
     # The split shard keeps its name but no longer ends where it did: it must be
     # merged with its new neighbour, not compared alone. The shard changed far
-    # from it is compared alone, beside the read.
+    # from it is compared alone, beside the read, whether its file was built in
+    # memory or written as it grew.
+    if memory == "spilled":
+        monkeypatch.setattr(writer, "_MEMORY_BYTES", 64)
     db, ids = sharded
     path, keys, cut = split_by_a_new_cut(ids)
     far = next(k for p, ks in expected_shards(ids) if p != path for k in ks)
