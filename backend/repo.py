@@ -620,10 +620,9 @@ def _settle(path: Path) -> None:
 def _index_entry(local: Path, path: str, blob: str) -> IndexEntry:
     """An index entry for a file whose content is `blob`, with the stat data git compares."""
     st = local.stat()
-    u32 = 0xFFFFFFFF
 
     def stamp(ns: int) -> bytes:
-        return struct.pack(">LL", (ns // 10**9) & u32, ns % 10**9)
+        return struct.pack(">LL", (ns // 10**9) & _U32, ns % 10**9)
 
     return IndexEntry(
         (
@@ -633,11 +632,11 @@ def _index_entry(local: Path, path: str, blob: str) -> IndexEntry:
             path,
             stamp(st.st_ctime_ns),
             stamp(st.st_mtime_ns),
-            st.st_dev & u32,
-            st.st_ino & u32,
-            st.st_uid & u32,
-            st.st_gid & u32,
-            st.st_size & u32,
+            st.st_dev & _U32,
+            st.st_ino & _U32,
+            st.st_uid & _U32,
+            st.st_gid & _U32,
+            st.st_size & _U32,
         )
     )
 

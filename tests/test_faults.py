@@ -21,6 +21,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -102,6 +103,21 @@ def wait_for(condition, what: str, proc: subprocess.Popen | None = None):
             pytest.fail(f"process ended (rc {proc.returncode}) before {what}: {out!r} {err!r}")
         time.sleep(0.005)
     pytest.fail(f"timed out waiting for {what}")
+
+
+@contextmanager
+def export_while_locked(pg_url: str, repo_path: Path, procs, table: str):
+    """An export at T2, started while `table` is locked; the lock goes on leaving."""
+    locker = sa.create_engine(pg_url)
+    try:
+        with locker.connect() as holder:
+            holder.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield start(
+                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
+            )
+            holder.rollback()
+    finally:
+        locker.dispose()
 
 
 def blocked_backend(admin: sa.Engine) -> int | None:
@@ -292,26 +308,19 @@ def test_backend_terminated_mid_export_via_cli_exits_1_with_one_line(pg_url, rep
     execute(pg_url, "UPDATE a SET v = 'changed' WHERE id = 7", "DELETE FROM b WHERE id = 3")
 
     admin = autocommit(pg_url)
-    locker = sa.create_engine(pg_url)
     try:
-        with locker.connect() as holder:
-            # Table b is locked, so the export reads a, then blocks on b: it is caught
-            # mid-export, with a's file already staged, and its backend is terminated.
-            holder.exec_driver_sql("LOCK TABLE b IN ACCESS EXCLUSIVE MODE")
-            proc = start(
-                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
-            )
+        # Table b is locked, so the export reads a, then blocks on b: it is caught
+        # mid-export, with a's file already staged, and its backend is terminated.
+        with export_while_locked(pg_url, repo_path, procs, "b") as proc:
             pid = wait_for(lambda: blocked_backend(admin), "the export to block on table b", proc)
             staging = repo_path / ".git" / "jsonsnap-staging"
             # a is read beside b, so it may still be finishing.
             wait_for(lambda: os.listdir(staging) == ["tables%a.json"], "a to be staged", proc)
             with admin.connect() as conn:
                 assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar() is True
-            holder.rollback()
-            rc, out, err = finish(proc)
+        rc, out, err = finish(proc)
     finally:
         admin.dispose()
-        locker.dispose()
 
     assert rc == 1
     assert out == ""
@@ -380,19 +389,10 @@ def kill_export_while_zz_is_locked(pg_url, repo_path, procs, until, what):
     zz, read after big, is locked meanwhile: however fast the export reads big,
     it is still running when the moment comes.
     """
-    locker = sa.create_engine(pg_url)
-    try:
-        with locker.connect() as holder:
-            holder.exec_driver_sql("LOCK TABLE zz IN ACCESS EXCLUSIVE MODE")
-            proc = start(
-                procs, "export", "--db", pg_url, "--repo", str(repo_path), "--timestamp", T2
-            )
-            wait_for(until, what, proc)
-            proc.send_signal(signal.SIGKILL)
-            assert finish(proc)[0] == -signal.SIGKILL
-            holder.rollback()
-    finally:
-        locker.dispose()
+    with export_while_locked(pg_url, repo_path, procs, "zz") as proc:
+        wait_for(until, what, proc)
+        proc.send_signal(signal.SIGKILL)
+        assert finish(proc)[0] == -signal.SIGKILL
 
 
 def test_export_killed_with_sigkill_mid_export_is_recovered_by_the_next_run(

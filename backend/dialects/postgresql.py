@@ -389,24 +389,19 @@ class _NativeRows:
         source: RowSource,
     ) -> None:
         kinds = [source.columns[name] for name in names]
-        in_python = [
-            None if kind in _NATIVE_KINDS else _ColumnEncoder(_client_encoder(kind))
-            for kind in kinds
-        ]
+        encoders = _column_encoders(kinds)
         self.encode_rows = encode_rows
         self.select = [quote(name) for name in names]
-        pairs = list(zip(in_python, kinds, strict=True))
         self.plan = (
             tuple(codec.field_parts(names)),
             bytes(_NATIVE_KINDS.get(kind, _NATIVE_PYTHON) for kind in kinds),
-            tuple(column or _copy_encoder(kind) for column, kind in pairs),
-            tuple(column.memo if column else None for column in in_python),
+            tuple(encoders),
+            tuple(enc.memo if isinstance(enc, _ColumnEncoder) else None for enc in encoders),
             tuple(names.index(key) for key in source.primary_key),
         )
 
     def chunk(self, data: bytes) -> Batch:
-        keys, rows = self.encode_rows(data, *self.plan)
-        return keys, rows
+        return self.encode_rows(data, *self.plan)
 
 
 class _RowEncoder:
@@ -422,10 +417,7 @@ class _RowEncoder:
         kinds = [source.columns[name] for name in names]
         quoted = [kind in codec.TEXT_QUOTED for kind in kinds]
         self.select = [quote(name) for name in names]
-        self.encoders = [
-            _ColumnEncoder(_client_encoder(kind)) if kind in _CLIENT_KINDS else _copy_encoder(kind)
-            for kind in kinds
-        ]
+        self.encoders = _column_encoders(kinds)
         self.calls = [
             (i, enc) for i, enc in enumerate(self.encoders) if enc is not None and not quoted[i]
         ]
@@ -560,6 +552,15 @@ class _ServerRows:
             keys = [_unescape_server(key) for key in keys]
         rows = columns[0] if len(columns) == 1 else list(map(b"".join, zip(*columns, strict=True)))
         return (keys if self.keyed else rows), rows
+
+
+def _column_encoders(kinds: list[str]) -> list[codec.TextEncoder | None]:
+    """Each column's encoder of COPY text: remembered for the kinds encoded in
+    Python (_CLIENT_KINDS), None where the text is already JSON."""
+    return [
+        _ColumnEncoder(_client_encoder(kind)) if kind in _CLIENT_KINDS else _copy_encoder(kind)
+        for kind in kinds
+    ]
 
 
 def _client_encoder(kind: str) -> codec.TextEncoder:
