@@ -13,6 +13,9 @@
  * - differing_rows: for layout.differing_rows, the rows at which two versions
  *   of a shard differ, for the commit summary, without splitting either into
  *   one object per row.
+ * - copy_out: for the PostgreSQL dialect, a COPY ... TO STDOUT read on
+ *   psycopg2's own connection in runs of rows, as psql reads it: psycopg2's
+ *   copy_expert hands each row to Python on its own, taking the GIL for it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -760,6 +763,171 @@ done:
 }
 
 /* ------------------------------------------------------------------------ */
+/* copy_out(pgconn, libpq, sql, limit, sink): COPY TO STDOUT in runs of rows. */
+
+/* libpq's functions, by the addresses the caller found in the very library
+   psycopg2 uses: its connection must only ever meet its own libpq. Opaque
+   pointers stand for PGconn and PGresult. */
+typedef struct {
+    void *(*exec)(void *conn, const char *query);
+    int (*result_status)(const void *result);
+    char *(*result_error_message)(const void *result);
+    char *(*result_error_field)(const void *result, int field);
+    void (*clear)(void *result);
+    int (*get_copy_data)(void *conn, char **row, int async);
+    void (*freemem)(void *memory);
+    void *(*get_result)(void *conn);
+    char *(*error_message)(const void *conn);
+    int (*transaction_status)(const void *conn);
+} LibPQ;
+
+#define LIBPQ_FUNCTIONS 10
+enum { PGRES_COMMAND_OK = 1, PGRES_COPY_OUT = 3, PQTRANS_INTRANS = 2, PG_DIAG_SQLSTATE = 'C' };
+
+static PyObject *CopyFailed;
+
+static int
+libpq_of(PyObject *addresses, LibPQ *libpq)
+{
+    if (PyTuple_GET_SIZE(addresses) != LIBPQ_FUNCTIONS) {
+        PyErr_Format(PyExc_ValueError, "copy_out: libpq needs %d function addresses",
+                     LIBPQ_FUNCTIONS);
+        return -1;
+    }
+    void **slots = (void **)libpq;
+    for (Py_ssize_t i = 0; i < LIBPQ_FUNCTIONS; i++) {
+        slots[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(addresses, i));
+        if (slots[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "copy_out: a null libpq function");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Raises CopyFailed(message, sqlstate) from a failed result, or from the
+   connection when there is none (it was lost); clears the result. */
+static void
+copy_failed(const LibPQ *libpq, void *conn, void *result)
+{
+    const char *message = result ? libpq->result_error_message(result) : NULL;
+    const char *state = result ? libpq->result_error_field(result, PG_DIAG_SQLSTATE) : NULL;
+    if (message == NULL || *message == '\0')
+        message = libpq->error_message(conn);
+    PyObject *error = Py_BuildValue("(sz)", message ? message : "", state);
+    if (error != NULL) {
+        PyErr_SetObject(CopyFailed, error);
+        Py_DECREF(error);
+    }
+    if (result)
+        libpq->clear(result);
+}
+
+/* After the COPY, libpq has its final result and then none; anything else is an error. */
+static void *
+copy_result(const LibPQ *libpq, void *conn)
+{
+    void *result = libpq->get_result(conn);
+    void *extra;
+    while ((extra = libpq->get_result(conn)) != NULL)
+        libpq->clear(extra);
+    return result;
+}
+
+/* Reads rows into `buffer` until it holds `limit` bytes or the COPY ends (1),
+   or libpq fails (-2, the connection is gone), or memory runs out (-1). */
+static int
+read_rows(const LibPQ *libpq, void *conn, Buffer *buffer, Py_ssize_t limit)
+{
+    while (buffer->len < limit) {
+        char *row = NULL;
+        int size = libpq->get_copy_data(conn, &row, 0);
+        if (size == -1)
+            return 1;
+        if (size < 0)
+            return -2;
+        int status = buffer_add(buffer, row, size);
+        libpq->freemem(row);
+        if (status < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+copy_out(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *conn_address, *addresses, *sql, *sink;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!O!SnO", &PyLong_Type, &conn_address, &PyTuple_Type,
+                          &addresses, &sql, &limit, &sink))
+        return NULL;
+    const char *query = PyBytes_AS_STRING(sql);
+    if (strlen(query) != (size_t)PyBytes_GET_SIZE(sql)) {
+        PyErr_SetString(PyExc_ValueError, "copy_out: a NUL byte in the query");
+        return NULL;
+    }
+    LibPQ libpq;
+    void *conn = PyLong_AsVoidPtr(conn_address);
+    if (conn == NULL || libpq_of(addresses, &libpq) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "copy_out: no connection");
+        return NULL;
+    }
+    /* Outside its transaction, the COPY would read another moment than the
+       other tables: refuse rather than mix two snapshots. */
+    if (libpq.transaction_status(conn) != PQTRANS_INTRANS) {
+        PyErr_SetString(PyExc_RuntimeError, "copy_out: the connection is not in a transaction");
+        return NULL;
+    }
+    void *result;
+    Py_BEGIN_ALLOW_THREADS
+    result = libpq.exec(conn, query);
+    Py_END_ALLOW_THREADS
+    if (result == NULL || libpq.result_status(result) != PGRES_COPY_OUT) {
+        copy_failed(&libpq, conn, result);
+        return NULL;
+    }
+    libpq.clear(result);
+    Buffer buffer = {0};
+    int status = 0;
+    while (status == 0) {
+        buffer.len = 0;
+        Py_BEGIN_ALLOW_THREADS
+        status = read_rows(&libpq, conn, &buffer, limit);
+        Py_END_ALLOW_THREADS
+        if (status < 0 || buffer.len == 0)
+            break;
+        /* Every row ends in a newline; the sink takes the lines between them. */
+        PyObject *lines = PyBytes_FromStringAndSize(buffer.data, buffer.len - 1);
+        PyObject *done = lines ? PyObject_CallOneArg(sink, lines) : NULL;
+        Py_XDECREF(lines);
+        if (done == NULL) {
+            PyMem_RawFree(buffer.data);
+            return NULL; /* mid-COPY: the caller must drop the connection */
+        }
+        Py_DECREF(done);
+    }
+    PyMem_RawFree(buffer.data);
+    if (status == -1)
+        return PyErr_NoMemory();
+    if (status == -2) {
+        copy_failed(&libpq, conn, NULL);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    result = copy_result(&libpq, conn);
+    Py_END_ALLOW_THREADS
+    if (result == NULL || libpq.result_status(result) != PGRES_COMMAND_OK) {
+        copy_failed(&libpq, conn, result);
+        return NULL;
+    }
+    libpq.clear(result);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ */
 
 static PyMethodDef methods[] = {
     {"cut_positions", cut_positions, METH_VARARGS,
@@ -770,6 +938,11 @@ static PyMethodDef methods[] = {
     {"differing_rows", differing_rows, METH_VARARGS,
      "differing_rows(old, new, separator): offsets of the unequal pieces, or None "
      "if the two split into different numbers of pieces."},
+    {"copy_out", copy_out, METH_VARARGS,
+     "copy_out(pgconn, libpq, sql, limit, sink): runs the COPY TO STDOUT `sql` on "
+     "the libpq connection, calling sink(lines) for each run of at least `limit` "
+     "bytes of whole rows (without the last newline); raises CopyFailed(message, "
+     "sqlstate)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -782,5 +955,13 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     crc_init();
-    return PyModule_Create(&module);
+    PyObject *self = PyModule_Create(&module);
+    if (self == NULL)
+        return NULL;
+    CopyFailed = PyErr_NewException("backend._speedups.CopyFailed", NULL, NULL);
+    if (PyModule_AddObjectRef(self, "CopyFailed", CopyFailed) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return self;
 }

@@ -12,3 +12,10 @@ def encode_rows(
 def differing_rows(
     old: bytes, new: bytes, separator: bytes
 ) -> list[tuple[int, int, int, int]] | None: ...
+
+class CopyFailed(Exception):
+    args: tuple[str, str | None]
+
+def copy_out(
+    pgconn: int, libpq: tuple[int, ...], sql: bytes, limit: int, sink: Callable[[bytes], object]
+) -> None: ...

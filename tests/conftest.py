@@ -111,6 +111,9 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     # Compiled, no PostgreSQL table may take a pure-Python encoder.
     monkeypatch.setattr(postgresql._ServerRows, "plan", _refused)
     monkeypatch.setattr(postgresql._RowEncoder, "__init__", _refused)
+    # ... nor be read row by row through psycopg2's copy_expert.
+    assert postgresql._libpq() is not None, "libpq's functions were not found through psycopg2"
+    monkeypatch.setattr(postgresql._CopySink, "__init__", _refused)
     return "compiled"
 
 

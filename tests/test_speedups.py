@@ -5,9 +5,13 @@ test_codec_values.py do the same end to end, on the real server
 (the `read_path` fixture).
 """
 
+import io
 import random
 
+import psycopg2
+import psycopg2.errors
 import pytest
+import sqlalchemy as sa
 from conftest import require_compiled
 
 from backend import codec, layout, speedups
@@ -349,3 +353,127 @@ def test_an_empty_line_is_one_empty_string():
     text = RowSource(None, "t", {"s": "text"}, [])
     rows = postgresql._NativeRows(speedups.native.encode_rows, str, ["s"], text)
     assert rows.chunk(b"") == ([b'  {\n    "s": ""\n  }'], [b'  {\n    "s": ""\n  }'])
+
+
+# copy_out: COPY TO STDOUT read through psycopg2's own libpq, on the real server.
+
+ODD_TEXTS = ["plain", "tab\there", "new\nline", "back\\slash", "é — ü", "", "x" * 70_000]
+
+
+@pytest.fixture
+def pg_conn(pg_url):
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id integer PRIMARY KEY, s text)")
+        conn.execute(
+            sa.text("INSERT INTO t VALUES (:id, :s)"),
+            [{"id": i, "s": ODD_TEXTS[i % len(ODD_TEXTS)]} for i in range(1, 301)],
+        )
+        conn.commit()
+        conn.exec_driver_sql("SELECT 1")  # in a transaction again, as an export reads
+        yield conn
+    engine.dispose()
+
+
+def copy_expert_lines(conn, sql):
+    out = io.BytesIO()
+    conn.connection.dbapi_connection.cursor().copy_expert(sql, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("limit", [1, 1000, 1 << 18])
+def test_copy_out_gives_psycopg2s_bytes_in_runs_of_whole_rows(pg_conn, limit):
+    sql = "COPY (SELECT * FROM t ORDER BY id) TO STDOUT"
+    chunks = []
+    speedups.native.copy_out(
+        pg_conn.connection.dbapi_connection.pgconn_ptr,
+        postgresql._libpq(),
+        sql.encode(),
+        limit,
+        chunks.append,
+    )
+    assert b"\n".join(chunks) + b"\n" == copy_expert_lines(pg_conn, sql)
+    if limit == 1:  # every row is a run of its own
+        assert len(chunks) == 300
+    else:
+        assert len(chunks) < 300
+        assert all(len(chunk) + 1 >= limit for chunk in chunks[:-1])
+
+
+def test_copy_out_of_nothing_calls_no_sink(pg_conn):
+    chunks = []
+    postgresql._copy_out(
+        pg_conn, "COPY (SELECT 1 WHERE false) TO STDOUT", postgresql._libpq(), chunks.append
+    )
+    assert chunks == []
+    assert pg_conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 300
+
+
+def test_copy_out_raises_what_psycopg2_raises(pg_conn):
+    with pytest.raises(psycopg2.errors.UndefinedTable, match=r'^relation "missing" does not'):
+        postgresql._copy_out(
+            pg_conn, "COPY missing TO STDOUT", postgresql._libpq(), lambda lines: None
+        )
+    assert pg_conn.invalidated
+
+
+def test_copy_out_reports_an_error_after_some_rows(pg_conn):
+    chunks = []
+    sql = "COPY (SELECT 1 / (100 - i) FROM generate_series(1, 200) i) TO STDOUT"
+    with pytest.raises(psycopg2.errors.DivisionByZero, match=r"^division by zero$"):
+        postgresql._copy_out(pg_conn, sql, postgresql._libpq(), chunks.append)
+    assert pg_conn.invalidated
+
+
+def test_copy_out_reports_a_lost_connection(pg_conn, pg_url):
+    pid = pg_conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    killer = sa.create_engine(pg_url)
+
+    def kill_once(lines):
+        with killer.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+
+    sql = "COPY (SELECT i, repeat('x', 1000) FROM generate_series(1, 100000) i) TO STDOUT"
+    try:
+        with pytest.raises(psycopg2.OperationalError) as raised:
+            postgresql._copy_out(pg_conn, sql, postgresql._libpq(), kill_once)
+    finally:
+        killer.dispose()
+    # libpq's own words, as psycopg2 raises them: the server's, or its own
+    # if the socket closed first.
+    assert str(raised.value).splitlines()[0] in {
+        "terminating connection due to administrator command",
+        "server closed the connection unexpectedly",
+    }
+    assert pg_conn.invalidated
+
+
+def test_copy_out_stops_when_the_sink_fails(pg_conn):
+    def refuse(lines):
+        raise KeyError("stop")
+
+    with pytest.raises(KeyError, match="stop"):
+        postgresql._copy_out(pg_conn, "COPY t TO STDOUT", postgresql._libpq(), refuse)
+    assert pg_conn.invalidated  # mid-COPY: never handed back to the pool
+
+
+def test_copy_out_refuses_a_connection_outside_a_transaction(pg_url):
+    # It would read another moment than the export's other tables.
+    dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg2.connect(dsn) as raw:
+        raw.autocommit = True
+        with pytest.raises(RuntimeError, match="not in a transaction"):
+            speedups.native.copy_out(
+                raw.pgconn_ptr, postgresql._libpq(), b"COPY (SELECT 1) TO STDOUT", 1, print
+            )
+
+
+def test_copy_out_checks_its_arguments(pg_conn):
+    pgconn, libpq = pg_conn.connection.dbapi_connection.pgconn_ptr, postgresql._libpq()
+    with pytest.raises(ValueError, match="10 function addresses"):
+        speedups.native.copy_out(pgconn, libpq[:2], b"COPY t TO STDOUT", 1, print)
+    with pytest.raises(ValueError, match="no connection"):
+        speedups.native.copy_out(0, libpq, b"COPY t TO STDOUT", 1, print)
+    with pytest.raises(ValueError, match="NUL"):
+        speedups.native.copy_out(pgconn, libpq, b"COPY t TO STDOUT\0; DROP TABLE t", 1, print)
+    assert pg_conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 300

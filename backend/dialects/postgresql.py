@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any, Protocol
 
+import psycopg2
+import psycopg2.errors
 from sqlalchemy import ARRAY, Engine, Text, cast, text, type_coerce
 from sqlalchemy.dialects.postgresql import INTERVAL
 from sqlalchemy.engine import Connection
@@ -126,11 +130,16 @@ class PostgresDialect(Dialect):
         select = f"SELECT {', '.join(encoder.select)} FROM {', '.join(tables)}"  # noqa: S608
         if order:
             select += f" ORDER BY {', '.join(order)}"
+        sql = f"COPY ({select}) TO STDOUT"
+        libpq = _libpq() if speedups.native is not None else None
+        if libpq is not None:
+            _copy_out(conn, sql, libpq, lambda lines: emit(*encoder.chunk(lines)))
+            return True
         # Closed on the way out, success or not: a buffer left over by a failed
         # COPY is then dropped, never flushed into the sink when collected.
         with _CopySink(encoder, emit) as sink:
             buffered = io.BufferedWriter(sink, buffer_size=_COPY_BUFFER)
-            _copy(conn, f"COPY ({select}) TO STDOUT", buffered)
+            _copy(conn, sql, buffered)
             buffered.flush()
             sink.finish()
         return True
@@ -308,6 +317,78 @@ def _copy(conn: Connection, sql: str, stream: Any, size: int = 8192) -> None:
     finally:
         if not cursor.closed:
             cursor.close()
+
+
+#: libpq's functions that `_speedups.copy_out` calls, in the order it takes them.
+_LIBPQ_FUNCTIONS = (
+    "PQexec",
+    "PQresultStatus",
+    "PQresultErrorMessage",
+    "PQresultErrorField",
+    "PQclear",
+    "PQgetCopyData",
+    "PQfreemem",
+    "PQgetResult",
+    "PQerrorMessage",
+    "PQtransactionStatus",
+)
+
+
+@functools.cache
+def _libpq() -> tuple[int, ...] | None:
+    """The addresses of libpq's functions in the library psycopg2 uses, or None.
+
+    Looked up through psycopg2's own module: a symbol looked up there is
+    searched in the libraries that module was linked with, so this is the
+    libpq that owns psycopg2's connections, whatever other libpq is installed
+    (psycopg2-binary carries its own). Where that cannot be done (a platform
+    whose loader does not search that way), COPY goes through psycopg2.
+    """
+    try:
+        library = ctypes.CDLL(psycopg2._psycopg.__file__)  # type: ignore[attr-defined]
+        found = [
+            ctypes.cast(getattr(library, name), ctypes.c_void_p).value for name in _LIBPQ_FUNCTIONS
+        ]
+    except (OSError, AttributeError):
+        return None
+    return tuple(found) if all(found) else None  # type: ignore[arg-type]
+
+
+def _copy_out(
+    conn: Connection, sql: str, libpq: tuple[int, ...], sink: Callable[[bytes], None]
+) -> None:
+    """COPY TO STDOUT on psycopg2's connection, read in runs of rows by compiled code.
+
+    psycopg2's copy_expert hands Python each row on its own, and takes the GIL
+    for each: two tables read side by side then wait on each other millions of
+    times. Here libpq's rows are gathered without the GIL, as psql reads them,
+    and `sink` gets them _COPY_BUFFER bytes at a time. psycopg2 never hears of
+    the COPY, so on any failure the connection, now in an unknown state, is
+    dropped.
+    """
+    native = speedups.native
+    assert native is not None
+    pgconn = conn.connection.dbapi_connection.pgconn_ptr  # type: ignore[union-attr]
+    try:
+        native.copy_out(pgconn, libpq, sql.encode(), _COPY_BUFFER, sink)
+    except native.CopyFailed as exc:
+        conn.invalidate()
+        raise _driver_error(*exc.args) from None
+    except BaseException:
+        conn.invalidate()
+        raise
+
+
+def _driver_error(message: str, sqlstate: str | None) -> psycopg2.Error:
+    """The exception psycopg2 would have raised for this libpq error."""
+    kind: type[psycopg2.Error] = psycopg2.OperationalError
+    if sqlstate:
+        with suppress(KeyError):
+            kind = psycopg2.errors.lookup(sqlstate)
+    # psycopg2 drops libpq's severity prefix, as here.
+    for severity in ("ERROR:  ", "FATAL:  ", "PANIC:  "):
+        message = message.removeprefix(severity)
+    return kind(message.strip() or "COPY failed")
 
 
 def _copy_unescape(raw: bytes) -> bytes:
