@@ -18,7 +18,6 @@ import orjson
 from backend.codec import dumps_exact, parse_row_exact
 from backend.config import Settings, format_timestamp, mask_url
 from backend.db import make_engine
-from backend.demo import create_demo
 from backend.diff import describe_diff
 from backend.errors import BadInput, JsonsnapError
 from backend.export import ExportResult, export_snapshot
@@ -208,6 +207,8 @@ class _ProgressBars:
 @click.option("--force", is_flag=True, help="Replace the demo tables even if they hold data.")
 def demo(db: str | None, materials: int, force: bool) -> None:
     """Create the app's schema and fill it with deterministic demo data."""
+    from backend.demo import create_demo  # noqa: PLC0415 - the ORM loads only for the demo
+
     settings = Settings.resolve(db=db)
     engine = make_engine(settings.database_url, create=True)
     count = create_demo(engine, materials=materials, force=force)

@@ -10,8 +10,9 @@ its own process so peak memory is that run's alone:
     `jsonsnap restore` of the last snapshot into another one;
   - resolving a date in a history of 3,650 daily snapshots.
 Each export, pg_dump and the diff run --repeat times (each edit run after an
-edit of its own); the report gives the median time, the highest peak RSS and
-the ratios of the medians.
+edit of its own), pg_dump alternating with the full export and the no-change
+run with the edit one; the report gives the median time, the highest peak RSS,
+the ratios of the medians, and the median ratio of each run to its partner.
 
     .venv/bin/python scripts/bench.py --rows 1000000
 """
@@ -114,18 +115,21 @@ def psql_args(url: str) -> list[str]:
     return ["-h", host, "-p", port, "-U", pg.username or "postgres", pg.database or ""]
 
 
-def median_of(results: list[dict]) -> dict:
-    """The median time and the highest peak of repeated runs.
+def median_of(results: list[dict], against: list[dict] | None = None) -> dict:
+    """The median time and the highest peak of repeated runs, and with `against`
+    (the runs each was paired with), the median of the pairs' ratios.
 
     The median, because a shared machine has slow moments that are not the
     tool's (its hypervisor steals CPU); the highest peak, because memory is a
     limit, not an average.
     """
+    paired = [r["seconds"] / a["seconds"] for r, a in zip(results, against or [], strict=False)]
     return {
         "label": results[0]["label"],
         "seconds": statistics.median(r["seconds"] for r in results),
         "peak_mb": max(r["peak_mb"] for r in results),
         "runs": [r["seconds"] for r in results],
+        "paired": paired,
     }
 
 
@@ -158,12 +162,19 @@ def run_exports(url: str, workdir: Path, dump_file: Path, repeat: int) -> tuple[
         engine.dispose()
         return measure("export after 1% edits", at_next_day(), env)
 
+    def still() -> dict:
+        return measure("no-change re-export", at_next_day(), env)
+
+    # Each run beside the one it is compared with: on a shared machine speed
+    # drifts over minutes, and a pair sees the same moment.
+    dumps, fulls = zip(*[(pg_dump(), full(into)) for into in repos], strict=True)
+    stills, edits = zip(*[(still(), edit()) for _ in range(repeat)], strict=True)
     diff = ["git", "-C", str(repo), "diff", "HEAD~1"]
     return [
-        median_of([pg_dump() for _ in range(repeat)]),
-        median_of([full(into) for into in repos]),
-        median_of([measure("no-change re-export", at_next_day(), env) for _ in range(repeat)]),
-        median_of([edit() for _ in range(repeat)]),
+        median_of(list(dumps)),
+        median_of(list(fulls), against=list(dumps)),
+        median_of(list(stills)),
+        median_of(list(edits), against=list(stills)),
         median_of([measure("git diff HEAD~1", diff, env) for _ in range(repeat)]),
     ], repo
 
@@ -219,6 +230,10 @@ def report(rows: int, exports: list[dict], restores: list[dict], repo: Path, dum
         print(line + f"{r['seconds'] / restores[0]['seconds']:>9.2f}  (x psql load)")
     still, edit = exports[2]["seconds"], exports[3]["seconds"]
     print(f"\n1% edit export / no-change export (medians): {edit / still:.2f}")
+    for r, base_label in ((exports[1], "pg_dump"), (exports[3], "no-change export")):
+        pairs = ", ".join(f"{x:.2f}" for x in r["paired"])
+        middle = statistics.median(r["paired"])
+        print(f"{r['label']} / the {base_label} run just before it: {middle:.2f} ({pairs})")
     commits = subprocess.run(
         ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
         capture_output=True,
