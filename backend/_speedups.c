@@ -899,7 +899,13 @@ copy_out(PyObject *Py_UNUSED(self), PyObject *args)
         Py_END_ALLOW_THREADS
         if (status < 0 || buffer.len == 0)
             break;
-        /* Every row ends in a newline; the sink takes the lines between them. */
+        /* Every row of COPY's text format ends in a newline; the sink takes the
+           lines between them. */
+        if (buffer.data[buffer.len - 1] != '\n') {
+            PyMem_RawFree(buffer.data);
+            PyErr_SetString(PyExc_ValueError, "copy_out: a COPY row without its newline");
+            return NULL;
+        }
         PyObject *lines = PyBytes_FromStringAndSize(buffer.data, buffer.len - 1);
         PyObject *done = lines ? PyObject_CallOneArg(sink, lines) : NULL;
         Py_XDECREF(lines);

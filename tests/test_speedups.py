@@ -10,6 +10,8 @@ import random
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
 import pytest
 import sqlalchemy as sa
 from conftest import require_compiled
@@ -17,6 +19,7 @@ from conftest import require_compiled
 from backend import codec, layout, speedups
 from backend.dialects import postgresql
 from backend.dialects.base import RowSource
+from backend.export import export_snapshot
 
 pytestmark = pytest.mark.usefixtures("compiled")
 
@@ -477,3 +480,40 @@ def test_copy_out_checks_its_arguments(pg_conn):
     with pytest.raises(ValueError, match="NUL"):
         speedups.native.copy_out(pgconn, libpq, b"COPY t TO STDOUT\0; DROP TABLE t", 1, print)
     assert pg_conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 300
+
+
+def test_copy_out_refuses_rows_that_are_not_text_lines(pg_conn):
+    with pytest.raises(ValueError, match="without its newline"):
+        postgresql._copy_out(
+            pg_conn, "COPY (SELECT 1) TO STDOUT (FORMAT binary)", postgresql._libpq(), print
+        )
+    assert pg_conn.invalidated
+
+
+def test_an_export_under_a_wait_callback_reads_without_copy(pg_url, tmp_path, monkeypatch):
+    # gevent and eventlet (a wait callback) make psycopg2's connections
+    # non-blocking, and psycopg2 then refuses COPY: rows are selected instead.
+    copies = []
+    for name in ("_copy", "_copy_out"):
+        original = getattr(postgresql, name)
+        monkeypatch.setattr(
+            postgresql, name, lambda *args, f=original, n=name: copies.append(n) or f(*args)
+        )
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id integer PRIMARY KEY, s text, d numeric)")
+        conn.exec_driver_sql(
+            "INSERT INTO t SELECT i, 'é' || i, i / 7.0 FROM generate_series(1, 500) i"
+        )
+    first = export_snapshot(engine, tmp_path / "direct")
+    assert copies == ["_copy_out"]
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        second = export_snapshot(engine, tmp_path / "waited")
+    finally:
+        psycopg2.extensions.set_wait_callback(None)
+        engine.dispose()
+    assert copies == ["_copy_out"]
+    assert first.rows == second.rows == {"t": 500}
+    table = "tables/t.json"
+    assert (tmp_path / "direct" / table).read_bytes() == (tmp_path / "waited" / table).read_bytes()

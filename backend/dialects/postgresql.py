@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 from sqlalchemy import ARRAY, Engine, Text, cast, text, type_coerce
 from sqlalchemy.dialects.postgresql import INTERVAL
 from sqlalchemy.engine import Connection
@@ -110,6 +111,11 @@ class PostgresDialect(Dialect):
         """
         kinds = source.columns.values()
         if not kinds or not all(codec.has_text_encoder(kind) for kind in kinds):
+            return False
+        if psycopg2.extensions.get_wait_callback() is not None:
+            # Under gevent or eventlet psycopg2 refuses COPY ("copy_expert cannot
+            # be used with an asynchronous callback"), and its connections do
+            # not block, as libpq's blocking calls need.
             return False
         names = sorted(source.columns)
         quote = conn.dialect.identifier_preparer.quote
