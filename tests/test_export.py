@@ -6,11 +6,14 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from conftest import PG_SERVER, execute, git, head, run
+
+from backend.export import _Worker
 
 T1 = "2026-11-27T02:00:00Z"
 T2 = "2026-11-28T02:00:00Z"
@@ -695,3 +698,46 @@ def test_demo_twice_gives_identical_snapshots(db_url, other_url, tmp_path):
         f"snapshot {T1}: material_tags +28 (new table); materials +25 (new table);"
         " sections +8 (new table); suppliers +8 (new table)"
     )
+
+
+def test_the_worker_leaves_queued_jobs_to_the_caller_that_drains():
+    worker = _Worker("beside")
+    started, gate = threading.Event(), threading.Event()
+    ran = []
+
+    def first():
+        started.set()
+        gate.wait(10)
+        ran.append(threading.current_thread().name)
+
+    blocked = worker.submit(first)
+    rest = [worker.submit(lambda: ran.append(threading.current_thread().name)) for _ in range(3)]
+    assert started.wait(10)
+    worker.drain()  # the worker is still on its first job: the caller runs the other three
+    assert ran == ["MainThread"] * 3
+    gate.set()
+    blocked.result(timeout=10)
+    worker.shutdown()
+    assert ran == ["MainThread"] * 3 + ["beside"]
+    assert all(future.done() for future in rest)
+
+
+def test_a_failed_job_fails_its_future_and_shutdown_cancels_the_jobs_not_started():
+    worker = _Worker("beside")
+    failed = worker.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result(timeout=10)
+    started, gate = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        return gate.wait(10)
+
+    running = worker.submit(slow)
+    queued = [worker.submit(print, "never") for _ in range(2)]
+    assert started.wait(10)
+    threading.Timer(0.2, gate.set).start()
+    worker.shutdown()
+    assert running.result() is True
+    assert all(future.cancelled() for future in queued)
+    assert not worker.thread.is_alive()
