@@ -815,7 +815,8 @@ copy_failed(const LibPQ *libpq, void *conn, void *result)
     const char *state = result ? libpq->result_error_field(result, PG_DIAG_SQLSTATE) : NULL;
     if (message == NULL || *message == '\0')
         message = libpq->error_message(conn);
-    PyObject *error = Py_BuildValue("(sz)", message ? message : "", state);
+    /* The message as bytes: libpq's own may be in the locale's encoding. */
+    PyObject *error = Py_BuildValue("(yz)", message ? message : "", state);
     if (error != NULL) {
         PyErr_SetObject(CopyFailed, error);
         Py_DECREF(error);
@@ -863,6 +864,10 @@ copy_out(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!SnO", &PyLong_Type, &conn_address, &PyTuple_Type,
                           &addresses, &sql, &limit, &sink))
         return NULL;
+    if (limit < 1) { /* else no row would ever be read, and the COPY never end */
+        PyErr_SetString(PyExc_ValueError, "copy_out: the limit must be at least 1 byte");
+        return NULL;
+    }
     const char *query = PyBytes_AS_STRING(sql);
     if (strlen(query) != (size_t)PyBytes_GET_SIZE(sql)) {
         PyErr_SetString(PyExc_ValueError, "copy_out: a NUL byte in the query");
@@ -947,8 +952,8 @@ static PyMethodDef methods[] = {
     {"copy_out", copy_out, METH_VARARGS,
      "copy_out(pgconn, libpq, sql, limit, sink): runs the COPY TO STDOUT `sql` on "
      "the libpq connection, calling sink(lines) for each run of at least `limit` "
-     "bytes of whole rows (without the last newline); raises CopyFailed(message, "
-     "sqlstate)."},
+     "bytes of whole rows (without the last newline); raises CopyFailed(message "
+     "bytes, sqlstate)."},
     {NULL, NULL, 0, NULL},
 };
 

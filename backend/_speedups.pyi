@@ -14,7 +14,7 @@ def differing_rows(
 ) -> list[tuple[int, int, int, int]] | None: ...
 
 class CopyFailed(Exception):
-    args: tuple[str, str | None]
+    args: tuple[bytes, str | None]
 
 def copy_out(
     pgconn: int, libpq: tuple[int, ...], sql: bytes, limit: int, sink: Callable[[bytes], object]

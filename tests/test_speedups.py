@@ -477,6 +477,8 @@ def test_copy_out_checks_its_arguments(pg_conn):
         speedups.native.copy_out(pgconn, libpq[:2], b"COPY t TO STDOUT", 1, print)
     with pytest.raises(ValueError, match="no connection"):
         speedups.native.copy_out(0, libpq, b"COPY t TO STDOUT", 1, print)
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        speedups.native.copy_out(pgconn, libpq, b"COPY t TO STDOUT", 0, print)
     with pytest.raises(ValueError, match="NUL"):
         speedups.native.copy_out(pgconn, libpq, b"COPY t TO STDOUT\0; DROP TABLE t", 1, print)
     assert pg_conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 300
@@ -517,3 +519,13 @@ def test_an_export_under_a_wait_callback_reads_without_copy(pg_url, tmp_path, mo
     assert first.rows == second.rows == {"t": 500}
     table = "tables/t.json"
     assert (tmp_path / "direct" / table).read_bytes() == (tmp_path / "waited" / table).read_bytes()
+
+
+def test_a_libpq_error_reads_as_psycopg2s_whatever_its_bytes():
+    error = postgresql._driver_error(b"FATAL:  connexion ferm\xe9e\n\tpar le serveur\n", None)
+    assert type(error) is psycopg2.OperationalError
+    assert str(error).splitlines()[0] == "connexion ferm\ufffde"
+    error = postgresql._driver_error(b'ERROR:  relation "x" does not exist\n', "42P01")
+    assert type(error) is psycopg2.errors.UndefinedTable
+    assert str(error) == 'relation "x" does not exist'
+    assert type(postgresql._driver_error(b"", "XX999")) is psycopg2.OperationalError

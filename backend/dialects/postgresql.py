@@ -385,12 +385,14 @@ def _copy_out(
         raise
 
 
-def _driver_error(message: str, sqlstate: str | None) -> psycopg2.Error:
+def _driver_error(raw: bytes, sqlstate: str | None) -> psycopg2.Error:
     """The exception psycopg2 would have raised for this libpq error."""
     kind: type[psycopg2.Error] = psycopg2.OperationalError
     if sqlstate:
         with suppress(KeyError):
             kind = psycopg2.errors.lookup(sqlstate)
+    # The server writes in the client encoding (UTF-8 here), libpq in its locale's.
+    message = raw.decode("utf-8", "replace")
     # psycopg2 drops libpq's severity prefix, as here.
     for severity in ("ERROR:  ", "FATAL:  ", "PANIC:  "):
         message = message.removeprefix(severity)
