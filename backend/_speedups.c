@@ -769,7 +769,9 @@ done:
    psycopg2 uses: its connection must only ever meet its own libpq. Opaque
    pointers stand for PGconn and PGresult. */
 typedef struct {
-    void *(*exec)(void *conn, const char *query);
+    void *(*exec_params)(void *conn, const char *query, int count, const unsigned int *types,
+                         const char *const *values, const int *lengths, const int *formats,
+                         int result_format);
     int (*result_status)(const void *result);
     char *(*result_error_message)(const void *result);
     char *(*result_error_field)(const void *result, int field);
@@ -825,14 +827,17 @@ copy_failed(const LibPQ *libpq, void *conn, void *result)
         libpq->clear(result);
 }
 
-/* After the COPY, libpq has its final result and then none; anything else is an error. */
+/* After the COPY, libpq has its final result and then none: the query was one
+   statement (PQexecParams takes no more). A second result is not expected, and
+   the caller reports it as an error, after clearing it. */
 static void *
-copy_result(const LibPQ *libpq, void *conn)
+copy_result(const LibPQ *libpq, void *conn, int *extra)
 {
     void *result = libpq->get_result(conn);
-    void *extra;
-    while ((extra = libpq->get_result(conn)) != NULL)
-        libpq->clear(extra);
+    void *next = result ? libpq->get_result(conn) : NULL;
+    *extra = next != NULL;
+    if (next != NULL)
+        libpq->clear(next);
     return result;
 }
 
@@ -888,7 +893,8 @@ copy_out(PyObject *Py_UNUSED(self), PyObject *args)
     }
     void *result;
     Py_BEGIN_ALLOW_THREADS
-    result = libpq.exec(conn, query);
+    /* Not PQexec: PQexecParams runs one statement only, so nothing can follow the COPY. */
+    result = libpq.exec_params(conn, query, 0, NULL, NULL, NULL, NULL, 0);
     Py_END_ALLOW_THREADS
     if (result == NULL || libpq.result_status(result) != PGRES_COPY_OUT) {
         copy_failed(&libpq, conn, result);
@@ -927,14 +933,19 @@ copy_out(PyObject *Py_UNUSED(self), PyObject *args)
         copy_failed(&libpq, conn, NULL);
         return NULL;
     }
+    int extra;
     Py_BEGIN_ALLOW_THREADS
-    result = copy_result(&libpq, conn);
+    result = copy_result(&libpq, conn, &extra);
     Py_END_ALLOW_THREADS
     if (result == NULL || libpq.result_status(result) != PGRES_COMMAND_OK) {
         copy_failed(&libpq, conn, result);
         return NULL;
     }
     libpq.clear(result);
+    if (extra) {
+        PyErr_SetString(PyExc_RuntimeError, "copy_out: a result after the COPY's own");
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 

@@ -399,6 +399,8 @@ def _run_job(future: Future[_T], job: Callable[..., _T], args: tuple[Any, ...]) 
         result = job(*args)
     except BaseException as exc:
         future.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C in a job the caller runs: stop now, not after the queue
     else:
         future.set_result(result)
 

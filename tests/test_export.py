@@ -736,8 +736,27 @@ def test_a_failed_job_fails_its_future_and_shutdown_cancels_the_jobs_not_started
     running = worker.submit(slow)
     queued = [worker.submit(print, "never") for _ in range(2)]
     assert started.wait(10)
-    threading.Timer(0.2, gate.set).start()
+    queued[-1].add_done_callback(lambda _: gate.set())  # once both are cancelled
     worker.shutdown()
     assert running.result() is True
     assert all(future.cancelled() for future in queued)
     assert not worker.thread.is_alive()
+
+
+def test_ctrl_c_in_a_job_the_caller_runs_stops_the_drain_at_once():
+    worker = _Worker("beside")
+    started, gate = threading.Event(), threading.Event()
+    worker.submit(lambda: started.set() or gate.wait(10))
+    assert started.wait(10)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    stopped = worker.submit(interrupted)
+    after = worker.submit(print, "never")
+    with pytest.raises(KeyboardInterrupt):
+        worker.drain()
+    assert isinstance(stopped.exception(), KeyboardInterrupt)
+    after.add_done_callback(lambda _: gate.set())
+    worker.shutdown()
+    assert after.cancelled()

@@ -425,6 +425,17 @@ def test_copy_out_reports_an_error_after_some_rows(pg_conn):
     sql = "COPY (SELECT 1 / (100 - i) FROM generate_series(1, 200) i) TO STDOUT"
     with pytest.raises(psycopg2.errors.DivisionByZero, match=r"^division by zero$"):
         postgresql._copy_out(pg_conn, sql, postgresql._libpq(), chunks.append)
+    assert chunks == [b"\n".join([b"0"] * 98 + [b"1"])]  # the rows before the error
+    assert pg_conn.invalidated
+
+
+@pytest.mark.parametrize(
+    "sql", ["COPY (SELECT 1) TO STDOUT; COPY (SELECT 2) TO STDOUT", "COPY t TO STDOUT; SELECT 1/0"]
+)
+def test_copy_out_runs_one_statement_only(pg_conn, sql):
+    # Nothing may follow the COPY unseen, be it another COPY or a failing statement.
+    with pytest.raises(psycopg2.errors.SyntaxError, match="multiple commands"):
+        postgresql._copy_out(pg_conn, sql, postgresql._libpq(), print)
     assert pg_conn.invalidated
 
 

@@ -327,7 +327,7 @@ def _copy(conn: Connection, sql: str, stream: Any, size: int = 8192) -> None:
 
 #: libpq's functions that `_speedups.copy_out` calls, in the order it takes them.
 _LIBPQ_FUNCTIONS = (
-    "PQexec",
+    "PQexecParams",
     "PQresultStatus",
     "PQresultErrorMessage",
     "PQresultErrorField",
