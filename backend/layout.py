@@ -77,8 +77,9 @@ def cut_positions(keys: list[bytes]) -> list[int]:
     """
     # The same bound, on the spread alone: one product less per row.
     fibonacci, u64, limit = _FIBONACCI, _U64, -(-_U64 // SHARD_MEAN_ROWS)
-    if speedups.native:
-        return speedups.native.cut_positions(keys, fibonacci, limit)
+    native = speedups.native
+    if native is not None:
+        return native.cut_positions(keys, fibonacci, limit)
     return [i for i, crc in enumerate(map(zlib.crc32, keys)) if (crc * fibonacci) & u64 < limit]
 
 

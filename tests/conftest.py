@@ -118,7 +118,7 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def _refused(*args: object) -> None:
-    pytest.fail("a pure-Python COPY encoder was used although the C extension is built")
+    pytest.fail("a pure-Python COPY path was used although the C extension is built")
 
 
 def require_compiled() -> None:
